@@ -1,0 +1,227 @@
+"""Span → rows: the single mapping from span records to the three tables.
+
+Shared by the in-process exporter and the ingest service. Pure functions, no
+I/O: a batch of records becomes definition, execution and step rows; the store
+writes them idempotently. Execution *totals* are not computed here — the store
+derives them from the step rows it holds, so a span delivered twice is counted
+once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+from wflo_otel import attributes as A
+
+from .records import SpanRecord
+
+_log = logging.getLogger(__name__)
+
+LLM_OPERATIONS = frozenset({"chat", "text_completion", "embeddings", "generate_content", "responses"})
+_STEP_KINDS = frozenset({"workflow", "step", "llm", "tool", "other"})
+_PROMOTED = frozenset({A.WFLO_WORKFLOW_INPUTS})  # stored in their own column, not repeated in attributes
+
+
+@dataclass
+class RowBatch:
+    """Rows for one export batch, keyed so that repeats within a batch collapse."""
+
+    definitions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    executions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def ns_to_datetime(ns: int | None) -> datetime | None:
+    if not ns:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+
+
+def map_records(records: Iterable[SpanRecord], pricebook=None) -> RowBatch:
+    batch = RowBatch()
+    for record in records:
+        try:
+            _map_one(record, batch, pricebook)
+        except Exception:  # one odd span must not sink its batch
+            _log.exception("wflo-otel: could not map span %s", record.span_id)
+    return batch
+
+
+def _map_one(record: SpanRecord, batch: RowBatch, pricebook) -> None:
+    attrs = record.attributes
+    execution_id = str(attrs.get(A.WFLO_EXECUTION_ID) or record.trace_id)
+    is_root = bool(attrs.get(A.WFLO_EXECUTION_ROOT)) or record.parent_span_id is None
+    service_name = record.resource.get("service.name")
+    workflow_name = _workflow_name(record, is_root, service_name)
+
+    step = _step_row(record, execution_id, is_root, pricebook)
+    batch.steps[step["id"]] = step
+
+    if is_root:
+        batch.definitions[workflow_name] = _definition_row(workflow_name, attrs, record)
+        batch.executions[execution_id] = _root_execution_row(record, execution_id, workflow_name, service_name)
+    else:
+        batch.definitions.setdefault(workflow_name, _definition_row(workflow_name, {}, record))
+        batch.executions.setdefault(
+            execution_id, _placeholder_execution_row(record, execution_id, workflow_name, service_name)
+        )
+
+
+def _workflow_name(record: SpanRecord, is_root: bool, service_name: Any) -> str:
+    attrs = record.attributes
+    if is_root:
+        name = attrs.get(A.GEN_AI_WORKFLOW_NAME) or attrs.get(A.WFLO_WORKFLOW_NAME) or record.name
+    else:
+        name = attrs.get(A.WFLO_WORKFLOW_NAME) or service_name or "unknown"
+    return str(name)[:255]
+
+
+def _definition_row(name: str, attrs: Mapping[str, Any], record: SpanRecord) -> dict[str, Any]:
+    budget = attrs.get(A.WFLO_BUDGET_USD)
+    now = ns_to_datetime(record.end_ns or record.start_ns)
+    return {
+        "id": name,
+        "name": name,
+        "description": attrs.get("wflo.workflow.description"),
+        "policies": {"budget_usd": float(budget)} if budget is not None else None,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _execution_status(record: SpanRecord) -> str:
+    status = record.attributes.get(A.WFLO_EXECUTION_STATUS)
+    if status in (A.STATUS_COMPLETED, A.STATUS_FAILED, A.STATUS_BUDGET_EXCEEDED):
+        return status
+    return A.STATUS_FAILED if record.status_code == "ERROR" else A.STATUS_COMPLETED
+
+
+def _root_execution_row(record: SpanRecord, execution_id: str, workflow_name: str, service_name) -> dict[str, Any]:
+    attrs = record.attributes
+    status = _execution_status(record)
+    budget = attrs.get(A.WFLO_BUDGET_USD)
+    return {
+        "id": execution_id,
+        "workflow_id": workflow_name,
+        "status": status,
+        "inputs": _json_attr(attrs.get(A.WFLO_WORKFLOW_INPUTS)),
+        "error": (record.status_message or attrs.get(A.ERROR_TYPE)) if status != A.STATUS_COMPLETED else None,
+        "budget_usd": float(budget) if budget is not None else None,
+        "trace_id": record.trace_id,
+        "correlation_id": attrs.get(A.WFLO_CORRELATION_ID) or execution_id,
+        "service_name": service_name,
+        "started_at": ns_to_datetime(record.start_ns),
+        "ended_at": ns_to_datetime(record.end_ns),
+    }
+
+
+def _placeholder_execution_row(record: SpanRecord, execution_id: str, workflow_name: str, service_name) -> dict:
+    """An execution seen through a child before its root: RUNNING until the root lands."""
+    return {
+        "id": execution_id,
+        "workflow_id": workflow_name,
+        "status": A.STATUS_RUNNING,
+        "inputs": None,
+        "error": None,
+        "budget_usd": None,
+        "trace_id": record.trace_id,
+        "correlation_id": execution_id,
+        "service_name": service_name,
+        "started_at": ns_to_datetime(record.start_ns),
+        "ended_at": None,
+    }
+
+
+def _step_kind(attrs: Mapping[str, Any], is_root: bool) -> str:
+    kind = attrs.get(A.WFLO_STEP_KIND)
+    if kind in _STEP_KINDS:
+        return kind
+    operation = attrs.get(A.GEN_AI_OPERATION_NAME)
+    if operation == A.OPERATION_INVOKE_WORKFLOW or is_root:
+        return "workflow"
+    if operation in LLM_OPERATIONS or A.GEN_AI_USAGE_INPUT_TOKENS in attrs or A.LEGACY_USAGE_PROMPT_TOKENS in attrs:
+        return "llm"
+    if operation == "execute_tool":
+        return "tool"
+    return "other"
+
+
+def _step_row(record: SpanRecord, execution_id: str, is_root: bool, pricebook) -> dict[str, Any]:
+    attrs = record.attributes
+    kind = _step_kind(attrs, is_root)
+    input_tokens = _int(attrs.get(A.GEN_AI_USAGE_INPUT_TOKENS, attrs.get(A.LEGACY_USAGE_PROMPT_TOKENS)))
+    output_tokens = _int(attrs.get(A.GEN_AI_USAGE_OUTPUT_TOKENS, attrs.get(A.LEGACY_USAGE_COMPLETION_TOKENS)))
+    cache_read = _int(attrs.get(A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS))
+    reasoning = _int(attrs.get(A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS))
+    request_model = attrs.get(A.GEN_AI_REQUEST_MODEL)
+    response_model = attrs.get(A.GEN_AI_RESPONSE_MODEL)
+    cost, cost_source = attrs.get(A.WFLO_COST_USD), attrs.get(A.WFLO_COST_SOURCE)
+    if kind == "llm" and cost is None and cost_source is None and input_tokens is not None and pricebook is not None:
+        priced = pricebook.cost(
+            response_model or request_model,
+            input_tokens=input_tokens or 0,
+            output_tokens=output_tokens or 0,
+            cache_read_tokens=cache_read or 0,
+            reasoning_tokens=reasoning or 0,
+        )
+        cost, cost_source = priced.usd, priced.source
+    duration_ms = (record.end_ns - record.start_ns) / 1e6 if record.end_ns else None
+    return {
+        "id": record.span_id,
+        "execution_id": execution_id,
+        "trace_id": record.trace_id,
+        "parent_span_id": record.parent_span_id,
+        "name": record.name[:512],
+        "kind": kind,
+        "status": record.status_code,
+        "error_type": attrs.get(A.ERROR_TYPE),
+        "provider": attrs.get(A.GEN_AI_PROVIDER_NAME) or attrs.get(A.LEGACY_GEN_AI_SYSTEM),
+        "operation": attrs.get(A.GEN_AI_OPERATION_NAME),
+        "request_model": request_model,
+        "response_model": response_model,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_tokens": cache_read,
+        "reasoning_tokens": reasoning,
+        "cost_usd": float(cost) if kind == "llm" and cost is not None else None,
+        "cost_source": cost_source,
+        "started_at": ns_to_datetime(record.start_ns),
+        "ended_at": ns_to_datetime(record.end_ns),
+        "duration_ms": duration_ms,
+        "attributes": {k: _jsonable(v) for k, v in attrs.items() if k not in _PROMOTED},
+        "events": [dict(e, attributes={k: _jsonable(v) for k, v in e.get("attributes", {}).items()}) for e in record.events]
+        or None,
+    }
+
+
+def _int(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return list(value)
+    return value
+
+
+def _json_attr(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return {"value": value}
+    return value

@@ -1,0 +1,51 @@
+"""A neutral span record: what the mapping needs, whatever the span came from.
+
+The in-process exporter builds records from SDK ``ReadableSpan`` objects; the
+ingest service builds the same records from OTLP. Everything downstream (the
+span→row mapping, the store) sees only ``SpanRecord``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+
+@dataclass(slots=True)
+class SpanRecord:
+    trace_id: str  # 32 hex digits
+    span_id: str  # 16 hex digits
+    parent_span_id: str | None
+    name: str
+    kind: str  # SpanKind name: INTERNAL, CLIENT, SERVER, PRODUCER, CONSUMER
+    status_code: str  # UNSET, OK, ERROR
+    status_message: str | None
+    start_ns: int
+    end_ns: int | None
+    attributes: Mapping[str, Any]
+    events: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    resource: Mapping[str, Any] = field(default_factory=dict)
+
+
+def record_from_readable_span(span: ReadableSpan) -> SpanRecord:
+    ctx = span.context
+    parent = span.parent
+    return SpanRecord(
+        trace_id=format(ctx.trace_id, "032x"),
+        span_id=format(ctx.span_id, "016x"),
+        parent_span_id=format(parent.span_id, "016x") if parent is not None and parent.span_id else None,
+        name=span.name,
+        kind=span.kind.name,
+        status_code=span.status.status_code.name,
+        status_message=span.status.description,
+        start_ns=span.start_time or 0,
+        end_ns=span.end_time,
+        attributes=dict(span.attributes or {}),
+        events=[
+            {"name": e.name, "time_unix_nano": e.timestamp, "attributes": dict(e.attributes or {})}
+            for e in span.events
+        ],
+        resource=dict(span.resource.attributes) if span.resource is not None else {},
+    )

@@ -1,0 +1,91 @@
+"""The relational schema (SQLAlchemy Core): workflow definitions → executions → steps.
+
+This module describes the tables for the write and read paths; the DDL itself is
+owned by alembic (``wflo_otel.migrations``), and a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData()
+
+JSONType = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+Timestamp = sa.DateTime(timezone=True)
+
+workflow_definitions = sa.Table(
+    "workflow_definitions",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("policies", JSONType),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+
+workflow_executions = sa.Table(
+    "workflow_executions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column(
+        "workflow_id",
+        sa.String(255),
+        sa.ForeignKey("workflow_definitions.id", ondelete="CASCADE", name="fk_workflow_executions_workflow_id"),
+        nullable=False,
+    ),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("inputs", JSONType),
+    sa.Column("error", sa.Text),
+    sa.Column("budget_usd", sa.Double),
+    sa.Column("cost_total_usd", sa.Double, nullable=False, server_default=sa.text("0")),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("llm_calls", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("trace_id", sa.String(32)),
+    sa.Column("correlation_id", sa.String(255)),
+    sa.Column("service_name", sa.String(255)),
+    sa.Column("started_at", Timestamp),
+    sa.Column("ended_at", Timestamp),
+    sa.Index("ix_workflow_executions_workflow_id", "workflow_id"),
+    sa.Index("ix_workflow_executions_started_at", "started_at"),
+    sa.Index("ix_workflow_executions_trace_id", "trace_id"),
+    sa.Index("ix_workflow_executions_status", "status"),
+)
+
+step_executions = sa.Table(
+    "step_executions",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column(
+        "execution_id",
+        sa.String(64),
+        sa.ForeignKey("workflow_executions.id", ondelete="CASCADE", name="fk_step_executions_execution_id"),
+        nullable=False,
+    ),
+    sa.Column("trace_id", sa.String(32), nullable=False),
+    sa.Column("parent_span_id", sa.String(16)),
+    sa.Column("name", sa.String(512), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error_type", sa.String(255)),
+    sa.Column("provider", sa.String(64)),
+    sa.Column("operation", sa.String(64)),
+    sa.Column("request_model", sa.String(255)),
+    sa.Column("response_model", sa.String(255)),
+    sa.Column("input_tokens", sa.BigInteger),
+    sa.Column("output_tokens", sa.BigInteger),
+    sa.Column("cache_read_tokens", sa.BigInteger),
+    sa.Column("reasoning_tokens", sa.BigInteger),
+    sa.Column("cost_usd", sa.Double),
+    sa.Column("cost_source", sa.String(64)),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("ended_at", Timestamp),
+    sa.Column("duration_ms", sa.Double),
+    sa.Column("attributes", JSONType),
+    sa.Column("events", JSONType),
+    sa.Index("ix_step_executions_execution_id", "execution_id"),
+    sa.Index("ix_step_executions_started_at", "started_at"),
+    sa.Index("ix_step_executions_kind_model", "kind", "response_model"),
+)

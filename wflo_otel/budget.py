@@ -1,0 +1,324 @@
+"""Budget enforcement: the in-memory ledger and the span processor that feeds it.
+
+Every span that starts under a workflow is mapped to its *chain* of budget
+scopes (outermost first). The OpenAI instrumentation reserves a call's
+worst-case cost on every scope of the chain before sending, and settles the
+reservation to the actual cost when the call ends. Nothing here does I/O; every
+operation is a few dictionary and float operations under one short lock.
+
+Scopes are created by the processor from span attributes, so manual tracer
+spans are first-class: a local root span is an execution (a workflow named
+after the span unless it carries ``gen_ai.workflow.name``), and any span that
+starts with ``wflo.budget.usd`` is a nested scope.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Iterable
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from . import attributes as A
+from .errors import BudgetExceededError
+
+_log = logging.getLogger(__name__)
+
+ON_EXCEED_RAISE = "raise"
+ON_EXCEED_RECORD = "record"
+_EPSILON = 1e-12  # float slack so a budget spent exactly to the cent is not "over"
+
+
+class Scope:
+    """One budget scope: a workflow execution or a nested span with ``wflo.budget.usd``."""
+
+    __slots__ = (
+        "span_id",
+        "name",
+        "execution_id",
+        "budget_usd",
+        "on_exceed",
+        "spent_usd",
+        "reserved_usd",
+        "overran",
+        "refusals",
+    )
+
+    def __init__(
+        self,
+        span_id: int,
+        name: str,
+        execution_id: str,
+        budget_usd: float | None,
+        on_exceed: str = ON_EXCEED_RAISE,
+    ) -> None:
+        self.span_id = span_id
+        self.name = name
+        self.execution_id = execution_id
+        self.budget_usd = budget_usd
+        self.on_exceed = on_exceed
+        self.spent_usd = 0.0
+        self.reserved_usd = 0.0
+        self.overran = False
+        self.refusals = 0
+
+    @property
+    def remaining_usd(self) -> float | None:
+        if self.budget_usd is None:
+            return None
+        return max(self.budget_usd - self.spent_usd, 0.0)
+
+    @property
+    def exceeded(self) -> bool:
+        """True once the scope overran, or refused a call because it was exhausted."""
+        return self.overran or self.refusals > 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Scope({self.name!r}, execution={self.execution_id}, budget={self.budget_usd}, "
+            f"spent={self.spent_usd:.6f}, reserved={self.reserved_usd:.6f})"
+        )
+
+
+Chain = tuple  # tuple[Scope, ...], outermost (the execution) first
+
+
+class Reservation:
+    """Money held on every scope of a chain for one in-flight call."""
+
+    __slots__ = ("chain", "amount", "open")
+
+    def __init__(self, chain: Chain, amount: float) -> None:
+        self.chain = chain
+        self.amount = amount
+        self.open = True
+
+
+class Ledger:
+    """Check-and-reserve in one critical section, so concurrent calls cannot overspend."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def reserve(self, chain: Chain, amount: float) -> Reservation:
+        """Hold ``amount`` on every budgeted scope of ``chain`` or raise without holding anything."""
+        with self._lock:
+            for scope in chain:
+                budget = scope.budget_usd
+                if budget is None:
+                    continue
+                committed = scope.spent_usd + scope.reserved_usd
+                if committed + amount > budget + _EPSILON or scope.spent_usd >= budget:
+                    scope.refusals += 1
+                    raise BudgetExceededError(
+                        scope.spent_usd,
+                        budget,
+                        workflow=scope.name,
+                        execution_id=scope.execution_id,
+                        reserved_usd=scope.reserved_usd,
+                        requested_usd=amount,
+                        refused=True,
+                    )
+            for scope in chain:
+                scope.reserved_usd += amount
+        return Reservation(chain, amount)
+
+    def settle(self, reservation: Reservation, actual_usd: float) -> Scope | None:
+        """Replace the reservation by the actual cost.
+
+        Returns the innermost scope that is now over budget and wants the
+        caller to raise (``on_exceed="raise"``), else None.
+        """
+        over: Scope | None = None
+        with self._lock:
+            held = reservation.amount if reservation.open else 0.0
+            reservation.open = False
+            for scope in reservation.chain:
+                scope.reserved_usd -= held
+                scope.spent_usd += actual_usd
+                budget = scope.budget_usd
+                if budget is not None and scope.spent_usd > budget + _EPSILON:
+                    scope.overran = True
+                    if scope.on_exceed == ON_EXCEED_RAISE:
+                        over = scope
+        return over
+
+    def release(self, reservation: Reservation) -> None:
+        """Give the money back: the call failed and cost nothing we know of."""
+        with self._lock:
+            if reservation.open:
+                reservation.open = False
+                for scope in reservation.chain:
+                    scope.reserved_usd -= reservation.amount
+
+    def charge(self, chain: Chain, amount: float) -> None:
+        """Add the cost of a call that was not reserved (spans of other instrumentations)."""
+        self.settle(Reservation(chain, 0.0), amount)
+
+
+def overrun_error(scope: Scope) -> BudgetExceededError:
+    return BudgetExceededError(
+        scope.spent_usd,
+        scope.budget_usd or 0.0,
+        workflow=scope.name,
+        execution_id=scope.execution_id,
+        reserved_usd=scope.reserved_usd,
+        refused=False,
+    )
+
+
+class BudgetSpanProcessor(SpanProcessor):
+    """Maps spans to budget scopes and stamps ``wflo.execution.id`` at span start.
+
+    Register it on the TracerProvider *before* exporting processors so the
+    attributes it stamps are on the span when it is exported.
+    """
+
+    def __init__(
+        self,
+        *,
+        default_budget_usd: float | None = None,
+        default_on_exceed: str = ON_EXCEED_RAISE,
+        pricebook=None,
+    ) -> None:
+        self.ledger = Ledger()
+        self.default_budget_usd = default_budget_usd
+        self.default_on_exceed = default_on_exceed
+        self._pricebook = pricebook
+        self._chains: dict[int, Chain] = {}
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            self._on_start(span, parent_context)
+        except Exception:  # never break span creation
+            _log.exception("wflo-otel: budget processor failed on span start")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        chain = self._chains.pop(span.context.span_id, None)
+        if chain is None:
+            return
+        attrs = span.attributes
+        if attrs and A.WFLO_COST_SOURCE not in attrs and (
+            A.GEN_AI_USAGE_INPUT_TOKENS in attrs or A.LEGACY_USAGE_PROMPT_TOKENS in attrs
+        ):
+            self._charge_foreign(chain, attrs)
+
+    def shutdown(self) -> None:
+        self._chains.clear()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    # -- queries used by the instrumentation and the workflow API -------------------
+
+    def chain_of(self, span_id: int) -> Chain:
+        return self._chains.get(span_id, ())
+
+    def scope_of(self, span_id: int) -> Scope | None:
+        """The scope opened by this very span, if it opened one."""
+        chain = self._chains.get(span_id)
+        if chain and chain[-1].span_id == span_id:
+            return chain[-1]
+        return None
+
+    @property
+    def open_spans(self) -> int:
+        return len(self._chains)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _on_start(self, span: Span, parent_context: Context | None) -> None:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        parent_chain = self._chains.get(parent.span_id) if parent.is_valid else None
+        attrs = span.attributes or {}
+        span_id = span.context.span_id
+        budget = _as_budget(attrs.get(A.WFLO_BUDGET_USD))
+        if parent_chain is None:
+            chain = (self._new_execution(span, attrs, budget),)
+            span.set_attribute(A.WFLO_EXECUTION_ROOT, True)
+        elif budget is not None:
+            name = attrs.get(A.GEN_AI_WORKFLOW_NAME) or span.name
+            scope = Scope(span_id, name, parent_chain[0].execution_id, budget, _on_exceed(attrs, parent_chain[-1].on_exceed))
+            chain = parent_chain + (scope,)
+        else:
+            chain = parent_chain
+        execution = chain[0]
+        span.set_attribute(A.WFLO_EXECUTION_ID, execution.execution_id)
+        span.set_attribute(A.WFLO_WORKFLOW_NAME, execution.name)
+        self._chains[span_id] = chain
+
+    def _new_execution(self, span: Span, attrs, budget: float | None) -> Scope:
+        execution_id = attrs.get(A.WFLO_EXECUTION_ID)
+        if not execution_id:
+            # A plain root span: the trace is the execution (as the ingest service sees it).
+            execution_id = format(span.context.trace_id, "032x") if span.parent is None else uuid.uuid4().hex
+        name = attrs.get(A.GEN_AI_WORKFLOW_NAME) or span.name
+        if budget is None:
+            budget = self.default_budget_usd
+            if budget is not None:
+                span.set_attribute(A.WFLO_BUDGET_USD, budget)
+        return Scope(span.context.span_id, name, str(execution_id), budget, _on_exceed(attrs, self.default_on_exceed))
+
+    def _charge_foreign(self, chain: Chain, attrs) -> None:
+        """Price and charge a span of another instrumentation that carries GenAI usage."""
+        from .pricing import default_pricebook
+
+        pricebook = self._pricebook or default_pricebook()
+        model = attrs.get(A.GEN_AI_RESPONSE_MODEL) or attrs.get(A.GEN_AI_REQUEST_MODEL)
+        cost = pricebook.cost(
+            model,
+            input_tokens=_int(attrs.get(A.GEN_AI_USAGE_INPUT_TOKENS, attrs.get(A.LEGACY_USAGE_PROMPT_TOKENS))),
+            output_tokens=_int(attrs.get(A.GEN_AI_USAGE_OUTPUT_TOKENS, attrs.get(A.LEGACY_USAGE_COMPLETION_TOKENS))),
+            cache_read_tokens=_int(attrs.get(A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)),
+            reasoning_tokens=_int(attrs.get(A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS)),
+        )
+        if cost.usd:
+            self.ledger.charge(chain, cost.usd)
+
+
+def _as_budget(value) -> float | None:
+    if value is None:
+        return None
+    try:
+        budget = float(value)
+    except (TypeError, ValueError):
+        _log.warning("wflo-otel: ignoring non-numeric %s=%r", A.WFLO_BUDGET_USD, value)
+        return None
+    return budget if budget >= 0 else None
+
+
+def _on_exceed(attrs, default: str) -> str:
+    value = attrs.get(A.WFLO_BUDGET_ON_EXCEED)
+    return value if value in (ON_EXCEED_RAISE, ON_EXCEED_RECORD) else default
+
+
+def _int(value) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+# The processor the instrumentation and the workflow API consult. configure() (and
+# the OpenTelemetry distro) set it; tests may set their own.
+_active: BudgetSpanProcessor | None = None
+
+
+def set_active_processor(processor: BudgetSpanProcessor | None) -> None:
+    global _active
+    _active = processor
+
+
+def active_processor() -> BudgetSpanProcessor | None:
+    return _active
+
+
+def chain_for_span(span_id: int) -> Iterable[Scope]:
+    processor = _active
+    return processor.chain_of(span_id) if processor is not None else ()

@@ -1,0 +1,186 @@
+"""``configure()``: one call that wires wflo-otel into OpenTelemetry.
+
+It adds the budget processor and a batch processor with the SQL exporter to a
+TracerProvider (the caller's, the global SDK one, or a new one it installs) and
+instruments the OpenAI client. Idempotent: a second call returns the same
+handle. Every keyword also has an environment variable (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+
+from .budget import ON_EXCEED_RAISE, BudgetSpanProcessor, set_active_processor
+from .pricing import PriceBook, default_pricebook, load_price_file
+
+_log = logging.getLogger(__name__)
+
+ENV_DATABASE_URL = "WFLO_DATABASE_URL"
+ENV_DEFAULT_BUDGET = "WFLO_DEFAULT_BUDGET_USD"
+ENV_PRICES_FILE = "WFLO_PRICES_FILE"
+ENV_DEFAULT_OUTPUT_TOKENS = "WFLO_DEFAULT_OUTPUT_TOKENS"
+
+
+def _env_float(name: str) -> float | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of USD, got {raw!r}") from None
+
+
+def _env_int(name: str) -> int | None:
+    value = _env_float(name)
+    return int(value) if value is not None else None
+
+
+@dataclass
+class Handle:
+    """What ``configure()`` set up; ``shutdown()`` flushes and undoes it."""
+
+    tracer_provider: TracerProvider
+    budget_processor: BudgetSpanProcessor
+    exporter: SpanExporter | None
+    span_processor: SpanProcessor | None
+    pricebook: PriceBook
+    instrumentor: Any
+    owns_provider: bool
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.tracer_provider.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        """Flush every span, uninstrument, and forget this configuration."""
+        global _handle
+        try:
+            self.force_flush()
+        finally:
+            if self.instrumentor is not None:
+                self.instrumentor.uninstrument()
+            if self.owns_provider:
+                self.tracer_provider.shutdown()
+            else:
+                if self.span_processor is not None:
+                    self.span_processor.shutdown()
+            set_active_processor(None)
+            with _lock:
+                if _handle is self:
+                    _handle = None
+
+
+_lock = threading.Lock()
+_handle: Handle | None = None
+
+
+def current_handle() -> Handle | None:
+    return _handle
+
+
+def configure(
+    database_url: str | None = None,
+    *,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: Any = None,
+    exporter: SpanExporter | bool | None = True,
+    batch: bool = True,
+    default_budget_usd: float | None = None,
+    on_exceed: str = ON_EXCEED_RAISE,
+    prices_file: str | None = None,
+    default_output_tokens: int | None = None,
+    service_name: str | None = None,
+    instrument_openai: bool = True,
+) -> Handle:
+    """Set up tracing, budgets, export to SQL and OpenAI instrumentation; return the handle.
+
+    ``exporter``: True for the SQL exporter on ``database_url`` (or ``$WFLO_DATABASE_URL``,
+    default ``./wflo.db``), a ``SpanExporter`` of your own, or False for none (budgets only).
+    ``batch=False`` exports each span as it ends (handy in scripts and tests).
+    """
+    global _handle
+    with _lock:
+        if _handle is not None:
+            return _handle
+        pricebook = _pricebook(prices_file)
+        budget = BudgetSpanProcessor(
+            default_budget_usd=default_budget_usd if default_budget_usd is not None else _env_float(ENV_DEFAULT_BUDGET),
+            default_on_exceed=on_exceed,
+            pricebook=pricebook,
+        )
+        provider, owns = _provider(tracer_provider, service_name)
+        provider.add_span_processor(budget)  # first: it stamps attributes the exporter reads
+        span_exporter = _exporter(exporter, database_url, pricebook)
+        span_processor = None
+        if span_exporter is not None:
+            span_processor = BatchSpanProcessor(span_exporter) if batch else SimpleSpanProcessor(span_exporter)
+            provider.add_span_processor(span_processor)
+        set_active_processor(budget)
+        instrumentor = None
+        if instrument_openai:
+            instrumentor = _instrument_openai(provider, meter_provider, pricebook, budget, default_output_tokens)
+        _handle = Handle(provider, budget, span_exporter, span_processor, pricebook, instrumentor, owns)
+        return _handle
+
+
+def _pricebook(prices_file: str | None) -> PriceBook:
+    path = prices_file or os.environ.get(ENV_PRICES_FILE)
+    if not path:
+        return default_pricebook()
+    return PriceBook(overrides=load_price_file(path))
+
+
+def _provider(tracer_provider: TracerProvider | None, service_name: str | None) -> tuple[TracerProvider, bool]:
+    if tracer_provider is not None:
+        return tracer_provider, False
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current, False
+    resource = Resource.create({"service.name": service_name} if service_name else {})
+    provider = TracerProvider(resource=resource)
+    trace.set_tracer_provider(provider)
+    return provider, True
+
+
+def _exporter(exporter: SpanExporter | bool | None, database_url: str | None, pricebook: PriceBook):
+    if exporter is False or exporter is None:
+        return None
+    if exporter is True:
+        from .exporters.sql import SQLSpanExporter
+
+        return SQLSpanExporter(database_url, pricebook=pricebook)
+    return exporter
+
+
+def _instrument_openai(provider, meter_provider, pricebook, budget, default_output_tokens):
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        _log.info("wflo-otel: openai is not installed; nothing to instrument")
+        return None
+    from .instrumentation.openai import OpenAIInstrumentor
+
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=provider,
+        meter_provider=meter_provider,
+        pricebook=pricebook,
+        budget_processor=budget,
+        default_output_tokens=default_output_tokens or _env_int(ENV_DEFAULT_OUTPUT_TOKENS),
+    )
+    return instrumentor
+
+
+def tracer_provider() -> Any:
+    """The provider wflo-otel's own spans (workflows, steps) go to."""
+    handle = _handle
+    return handle.tracer_provider if handle is not None else trace.get_tracer_provider()

@@ -1,0 +1,78 @@
+"""The one exception wflo-otel raises into user code."""
+
+from __future__ import annotations
+
+
+class BudgetExceededError(Exception):
+    """A workflow's (or budget scope's) spend would exceed, or has exceeded, its budget.
+
+    ``refused`` is True when the call was stopped before anything was sent (its
+    worst-case cost did not fit what remains); False when a call that was sent
+    pushed the scope over its budget after it returned.
+    """
+
+    def __init__(
+        self,
+        spent_usd: float,
+        budget_usd: float,
+        *,
+        workflow: str | None = None,
+        execution_id: str | None = None,
+        reserved_usd: float = 0.0,
+        requested_usd: float | None = None,
+        refused: bool = False,
+    ) -> None:
+        self.spent_usd = spent_usd
+        self.budget_usd = budget_usd
+        self.workflow = workflow
+        self.execution_id = execution_id
+        self.reserved_usd = reserved_usd
+        self.requested_usd = requested_usd
+        self.refused = refused
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        scope = f"workflow {self.workflow!r}" if self.workflow else "budget scope"
+        if self.execution_id:
+            scope += f" (execution {self.execution_id})"
+        if self.refused:
+            need = f"${self.requested_usd:.6f}" if self.requested_usd is not None else "a call"
+            return (
+                f"{scope}: refused before sending — worst case {need} does not fit "
+                f"budget ${self.budget_usd:.6f} (spent ${self.spent_usd:.6f}, "
+                f"reserved in flight ${self.reserved_usd:.6f})"
+            )
+        return (
+            f"{scope}: spent ${self.spent_usd:.6f} exceeds budget ${self.budget_usd:.6f}"
+        )
+
+    def __reduce__(self):  # keep the error picklable (multiprocessing, task queues)
+        return (
+            _rebuild,
+            (
+                self.spent_usd,
+                self.budget_usd,
+                self.workflow,
+                self.execution_id,
+                self.reserved_usd,
+                self.requested_usd,
+                self.refused,
+            ),
+        )
+
+
+def _rebuild(spent, budget, workflow, execution_id, reserved, requested, refused):
+    return BudgetExceededError(
+        spent,
+        budget,
+        workflow=workflow,
+        execution_id=execution_id,
+        reserved_usd=reserved,
+        requested_usd=requested,
+        refused=refused,
+    )
+
+
+def error_type(exc: BaseException) -> str:
+    """``error.type`` per the semantic conventions: the exception's qualified class name."""
+    return type(exc).__qualname__

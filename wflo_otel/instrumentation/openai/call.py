@@ -1,0 +1,235 @@
+"""The lifecycle of one instrumented LLM call: span, reservation, cost, settlement.
+
+``begin`` runs before the request is sent (it may refuse with
+``BudgetExceededError``), ``LLMCall.finish`` after a response arrived (or when a
+stream ends), ``LLMCall.fail`` when the client raised. The sync and async
+wrappers are two lines around these three; nothing in here knows which one
+called it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping
+
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from ... import attributes as A
+from ...budget import BudgetSpanProcessor, Reservation, active_processor, overrun_error
+from ...errors import BudgetExceededError
+from ...errors import error_type as error_type_of
+from ...metrics import GenAIMetrics
+from ...pricing import PriceBook
+from .parsing import Usage, estimate_input_tokens, output_ceiling, request_attributes, usage_from
+
+_log = logging.getLogger(__name__)
+
+
+class Telemetry:
+    """What every call needs: tracer, metrics, prices, budget processor, settings."""
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        metrics: GenAIMetrics | None,
+        pricebook: PriceBook,
+        processor: BudgetSpanProcessor | None = None,
+        default_output_tokens: int = 4096,
+    ) -> None:
+        self.tracer = tracer
+        self.metrics = metrics
+        self.pricebook = pricebook
+        self._processor = processor
+        self.default_output_tokens = default_output_tokens
+
+    @property
+    def processor(self) -> BudgetSpanProcessor | None:
+        return self._processor if self._processor is not None else active_processor()
+
+
+def server_attributes(instance: Any) -> dict[str, Any]:
+    """server.address / server.port of the client behind a resource object."""
+    try:
+        url = instance._client.base_url
+        attrs: dict[str, Any] = {A.SERVER_ADDRESS: url.host}
+        port = url.port
+        if port is not None:
+            attrs[A.SERVER_PORT] = port
+        elif url.scheme == "https":
+            attrs[A.SERVER_PORT] = 443
+        return attrs
+    except Exception:
+        return {}
+
+
+class LLMCall:
+    """One call in flight. Ends its span exactly once, whichever way the call ends."""
+
+    __slots__ = ("tel", "span", "model", "operation", "reservation", "started", "metric_attrs", "ended")
+
+    def __init__(self, tel: Telemetry, span: Span, model: Any, operation: str) -> None:
+        self.tel = tel
+        self.span = span
+        self.model = model if isinstance(model, str) else None
+        self.operation = operation
+        self.reservation: Reservation | None = None
+        self.started = time.perf_counter()
+        self.metric_attrs: dict[str, Any] | None = None
+        self.ended = False
+
+    # ------------------------------------------------------------------ outcomes
+
+    def finish(self, usage: Usage | None, response_attrs: Mapping[str, Any]) -> None:
+        """Record the response and its cost, settle the budget, end the span.
+
+        Raises ``BudgetExceededError`` (after the span ended) when this call pushed a
+        scope with ``on_exceed="raise"`` over its budget.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        over = None
+        cost_usd = None
+        try:
+            span = self.span
+            span.set_attributes(response_attrs)
+            response_model = response_attrs.get(A.GEN_AI_RESPONSE_MODEL) or self.model
+            if usage is not None:
+                cost_usd = self._record_usage(span, usage, response_model, response_attrs)
+            else:
+                span.set_attribute(A.WFLO_COST_SOURCE, "no-usage")
+            if self.reservation is not None:
+                over = self._settle(cost_usd)
+            self._record_metrics(usage, cost_usd, None, response_model)
+        except Exception:
+            _log.debug("wflo-otel: failed to record LLM response", exc_info=True)
+        finally:
+            self.span.end()
+        if over is not None:
+            raise overrun_error(over)
+
+    def fail(self, exc: BaseException) -> None:
+        """The client raised (or we refused): release the reservation and end the span as ERROR."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            if self.reservation is not None:
+                self.tel.processor.ledger.release(self.reservation)
+            error_type = error_type_of(exc)
+            span = self.span
+            span.set_attribute(A.ERROR_TYPE, error_type)
+            span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
+            span.record_exception(exc)
+            self._record_metrics(None, None, error_type, self.model)
+        except Exception:
+            _log.debug("wflo-otel: failed to record LLM error", exc_info=True)
+        finally:
+            self.span.end()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _record_usage(self, span: Span, usage: Usage, model: str | None, response_attrs) -> float | None:
+        attrs: dict[str, Any] = {}
+        if usage.input_tokens is not None:
+            attrs[A.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
+        if usage.output_tokens is not None:
+            attrs[A.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
+        attrs[A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
+        attrs[A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+        cost = self.tel.pricebook.cost(
+            model,
+            input_tokens=usage.input_tokens or 0,
+            output_tokens=usage.output_tokens or 0,
+            cache_read_tokens=usage.cache_read_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            service_tier=response_attrs.get(A.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER),
+        )
+        if cost.usd is not None:
+            attrs[A.WFLO_COST_USD] = cost.usd
+        attrs[A.WFLO_COST_SOURCE] = cost.source
+        span.set_attributes(attrs)
+        return cost.usd
+
+    def _settle(self, cost_usd: float | None):
+        processor = self.tel.processor
+        if cost_usd is None:
+            # Sent, but its usage was never seen (stream closed early, odd server):
+            # keep the worst case charged rather than let the budget leak.
+            cost_usd = self.reservation.amount
+        over = processor.ledger.settle(self.reservation, cost_usd)
+        if over is not None and self.tel.metrics is not None:
+            self.tel.metrics.record_budget_event(over.name, "overrun")
+        return over
+
+    def _record_metrics(self, usage: Usage | None, cost_usd: float | None, error_type: str | None, model) -> None:
+        metrics = self.tel.metrics
+        if metrics is None:
+            return
+        attrs = {
+            A.GEN_AI_OPERATION_NAME: self.operation,
+            A.GEN_AI_PROVIDER_NAME: A.PROVIDER_OPENAI,
+        }
+        if self.model:
+            attrs[A.GEN_AI_REQUEST_MODEL] = self.model
+        if model:
+            attrs[A.GEN_AI_RESPONSE_MODEL] = model
+        metrics.record_call(
+            attrs,
+            time.perf_counter() - self.started,
+            usage.input_tokens if usage else None,
+            usage.output_tokens if usage else None,
+            usage.cache_read_tokens if usage else None,
+            usage.reasoning_tokens if usage else None,
+            cost_usd,
+            error_type,
+        )
+
+
+def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any]) -> LLMCall:
+    """Start the span and reserve the call's worst-case cost on every enclosing budget.
+
+    May replace ``kwargs["messages"]`` by a list (a one-shot iterator must survive
+    being measured). Raises ``BudgetExceededError`` with nothing sent when the call
+    cannot fit; its span is then ended as ERROR with ``wflo.budget.refused``.
+    """
+    model = kwargs.get("model")
+    attributes = {
+        A.GEN_AI_OPERATION_NAME: operation,
+        A.GEN_AI_PROVIDER_NAME: A.PROVIDER_OPENAI,
+        **server_attributes(instance),
+        **request_attributes(kwargs),
+    }
+    if isinstance(model, str):
+        attributes[A.GEN_AI_REQUEST_MODEL] = model
+    span = tel.tracer.start_span(f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attributes)
+    call = LLMCall(tel, span, model, operation)
+    processor = tel.processor
+    if processor is not None:
+        chain = processor.chain_of(span.get_span_context().span_id)
+        if chain and any(scope.budget_usd is not None for scope in chain):
+            _reserve(call, processor, chain, kwargs)
+    return call
+
+
+def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any]) -> None:
+    messages = kwargs.get("messages")
+    if messages is not None and not isinstance(messages, (list, tuple)):
+        kwargs["messages"] = list(messages)
+    ceiling = output_ceiling(kwargs) or call.tel.default_output_tokens
+    amount = call.tel.pricebook.max_cost(call.model, estimate_input_tokens(kwargs), ceiling) or 0.0
+    try:
+        call.reservation = processor.ledger.reserve(chain, amount)
+    except BudgetExceededError as exc:
+        call.span.set_attribute(A.WFLO_BUDGET_REFUSED, True)
+        if call.tel.metrics is not None:
+            call.tel.metrics.record_budget_event(exc.workflow or "", "refused")
+        call.fail(exc)
+        raise
+
+
+def usage_of(response: Any) -> Usage | None:
+    from .parsing import field
+
+    return usage_from(field(response, "usage"))
