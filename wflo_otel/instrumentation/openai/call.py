@@ -208,8 +208,11 @@ def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any])
     processor = tel.processor
     if processor is not None:
         chain = processor.chain_of(span.get_span_context().span_id)
-        if chain and any(scope.budget_usd is not None for scope in chain):
-            _reserve(call, processor, chain, kwargs)
+        if chain:
+            if any(scope.budget_usd is not None for scope in chain):
+                _reserve(call, processor, chain, kwargs)
+            else:  # nothing to enforce, but the scopes still account what they spend
+                call.reservation = Reservation(chain, 0.0)
     return call
 
 

@@ -1,0 +1,522 @@
+"""Tests for wflo_otel.pricing: agreement with genai-prices, overrides, bounds, robustness."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import zlib
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from genai_prices import Usage, calc_price
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import (
+    ClauseEquals,
+    ClauseOr,
+    ClauseStartsWith,
+    ConditionalPrice,
+    ModelInfo,
+    ModelPrice,
+    Provider,
+    StartDateConstraint,
+    Tier,
+    TieredPrices,
+    TimeOfDateConstraint,
+)
+
+from wflo_otel import pricing
+from wflo_otel.pricing import (
+    GENAI_PRICES_SOURCE,
+    Cost,
+    PriceBook,
+    default_pricebook,
+    load_price_file,
+    reset_default_pricebook,
+)
+
+REL_TOL = 1e-9
+N_USAGES = 300
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def _openai() -> Provider:
+    return next(p for p in get_snapshot().providers if p.id == "openai")
+
+
+def _refs_from_match(match: object) -> Iterator[str]:
+    """Model strings a user could send that this match logic accepts."""
+    if isinstance(match, ClauseEquals):
+        yield match.equals
+    elif isinstance(match, ClauseStartsWith):
+        yield match.starts_with
+        yield match.starts_with + "08-06:acme::ft123"  # fine-tuned refs, e.g. ft:gpt-4o-2024-08-06:org::id
+    elif isinstance(match, ClauseOr):
+        for clause in match.or_:
+            yield from _refs_from_match(clause)
+
+
+def _ref_for(model: ModelInfo) -> str:
+    """A model string that genai-prices resolves (with provider openai) to exactly this model."""
+    for ref in (model.id, *_refs_from_match(model.match)):
+        try:
+            _, found = get_snapshot().find_provider_model(ref, None, "openai", None)
+        except LookupError:
+            continue
+        if found is model:
+            return ref
+    raise AssertionError(f"no model string resolves to {model.id}")
+
+
+def _has_token_prices(model: ModelInfo) -> bool:
+    price = model.get_prices(datetime.now(tz=timezone.utc))
+    return any(
+        value is not None and pricing._PRICE_KEY_UNITS.get(key, {}).get("dimensions", {}).get("family") == "tokens"
+        for key, value in price.__dict__.items()
+    )
+
+
+def _service_tiers(model: ModelInfo) -> list[str]:
+    tiers = {v.when["service_tier"] for v in model.price_variants or () if "service_tier" in v.when}
+    return sorted(tiers)
+
+
+OPENAI_TOKEN_MODELS = [m for m in _openai().models if _has_token_prices(m)]
+OPENAI_TIERED_VARIANTS = [(m, tier) for m in OPENAI_TOKEN_MODELS for tier in _service_tiers(m)]
+
+
+def _random_usages(seed: int, n: int = N_USAGES) -> list[tuple[int, int, int, int]]:
+    """(input, output, cached, reasoning) with cached <= input and reasoning <= output.
+
+    Magnitudes span 0 to ~1M input tokens so tiered thresholds (e.g. 200k, 272k) are crossed.
+    """
+    rng = random.Random(seed)
+    usages = [(0, 0, 0, 0), (1, 1, 1, 1), (1_000, 500, 200, 0)]
+    while len(usages) < n:
+        input_tokens = int(10 ** rng.uniform(0, 6))
+        output_tokens = int(10 ** rng.uniform(0, 5))
+        cached = rng.choice([0, rng.randint(0, input_tokens), input_tokens])
+        reasoning = rng.choice([0, rng.randint(0, output_tokens)])
+        usages.append((input_tokens, output_tokens, cached, reasoning))
+    return usages
+
+
+def _reference_usd(ref: str, usage: tuple[int, int, int, int], tier: str | None = None) -> float:
+    i, o, c, r = usage
+    genai_usage = Usage(input_tokens=i, output_tokens=o, cache_read_tokens=c, output_reasoning_tokens=r)
+    context = {"service_tier": tier} if tier else None
+    return float(calc_price(genai_usage, ref, provider_id="openai", price_context=context).total_price)
+
+
+def _assert_agrees(book: PriceBook, ref: str, tier: str | None, seed: int) -> None:
+    for usage in _random_usages(seed):
+        i, o, c, r = usage
+        got = book.cost(ref, i, o, c, r, service_tier=tier)
+        expected = _reference_usd(ref, usage, tier)
+        assert got.source == GENAI_PRICES_SOURCE
+        assert got.usd is not None, (ref, tier, usage)
+        assert math.isclose(got.usd, expected, rel_tol=REL_TOL), (ref, tier, usage, got, expected)
+
+
+# --- agreement with genai-prices -------------------------------------------------
+
+
+def test_every_openai_model_with_token_prices_is_covered() -> None:
+    assert len(OPENAI_TOKEN_MODELS) > 50
+    assert any(m.id == "gpt-4o-mini" for m in OPENAI_TOKEN_MODELS)
+    assert OPENAI_TIERED_VARIANTS
+
+
+@pytest.mark.parametrize("model", OPENAI_TOKEN_MODELS, ids=lambda m: m.id)
+def test_cost_agrees_with_calc_price_for_every_openai_model(model: ModelInfo) -> None:
+    _assert_agrees(PriceBook(), _ref_for(model), None, seed=zlib.crc32(model.id.encode()))
+
+
+@pytest.mark.parametrize(
+    ("model", "tier"), OPENAI_TIERED_VARIANTS, ids=[f"{m.id}-{t}" for m, t in OPENAI_TIERED_VARIANTS]
+)
+def test_cost_agrees_with_calc_price_for_service_tier_variants(model: ModelInfo, tier: str) -> None:
+    _assert_agrees(PriceBook(), _ref_for(model), tier, seed=zlib.crc32(f"{model.id}/{tier}".encode()))
+
+
+def test_most_openai_models_are_priced_by_the_compiled_fast_path() -> None:
+    book = PriceBook()
+    entries = [book._resolve(_ref_for(m), None) for m in OPENAI_TOKEN_MODELS]
+    flat = sum(isinstance(e, pricing._FlatPrice) for e in entries)
+    assert flat >= len(entries) // 2, f"only {flat}/{len(entries)} compiled"
+
+
+def test_gpt_4o_mini_uses_compiled_float_rates() -> None:
+    book = PriceBook()
+    book.cost("gpt-4o-mini", 1000, 500, 200)
+    entry = book._cache["gpt-4o-mini"]
+    assert isinstance(entry, pricing._FlatPrice)
+    assert (entry.input, entry.cache_read, entry.output) == pytest.approx((0.15e-6, 0.075e-6, 0.6e-6), rel=1e-12)
+    assert entry.source == GENAI_PRICES_SOURCE
+
+
+def test_gpt_4o_mini_cached_and_output_tokens_follow_openai_conventions() -> None:
+    cost = PriceBook().cost("gpt-4o-mini", input_tokens=1000, output_tokens=500, cache_read_tokens=200)
+    assert cost.source == GENAI_PRICES_SOURCE
+    assert cost.usd == pytest.approx(800 * 0.15e-6 + 200 * 0.075e-6 + 500 * 0.6e-6, rel=1e-12)
+
+
+def test_reasoning_tokens_are_billed_as_part_of_output() -> None:
+    book = PriceBook()
+    with_reasoning = book.cost("gpt-4o-mini", 1000, 500, 0, reasoning_tokens=400)
+    without = book.cost("gpt-4o-mini", 1000, 500, 0)
+    assert with_reasoning == without
+
+
+def test_priority_tier_compiles_its_own_flat_rates() -> None:
+    model = next(m for m in OPENAI_TOKEN_MODELS if m.id == "gpt-4o-mini")
+    if "priority" not in _service_tiers(model):
+        pytest.skip("snapshot has no priority variant for gpt-4o-mini")
+    book = PriceBook()
+    priority = book.cost("gpt-4o-mini", 1000, 500, 200, service_tier="priority")
+    base = book.cost("gpt-4o-mini", 1000, 500, 200)
+    assert isinstance(book._cache[("gpt-4o-mini", "priority")], pricing._FlatPrice)
+    assert priority.usd is not None and base.usd is not None and priority.usd > base.usd
+    assert priority.usd == pytest.approx(_reference_usd("gpt-4o-mini", (1000, 500, 200, 0), "priority"), rel=REL_TOL)
+
+
+@pytest.mark.parametrize("tier", [None, "default", "auto", "no-such-tier"])
+def test_default_auto_and_unknown_tiers_use_the_base_price(tier: str | None) -> None:
+    book = PriceBook()
+    assert book.cost("gpt-4o", 5000, 700, 1000, service_tier=tier) == book.cost("gpt-4o", 5000, 700, 1000)
+
+
+def test_tiered_price_model_falls_back_to_calc_price() -> None:
+    tiered = [
+        m
+        for m in OPENAI_TOKEN_MODELS
+        if any(isinstance(v, TieredPrices) for v in m.get_prices(datetime.now(tz=timezone.utc)).__dict__.values())
+    ]
+    if not tiered:
+        pytest.skip("snapshot has no tiered OpenAI prices")
+    book = PriceBook()
+    ref = _ref_for(tiered[0])
+    small, large = book.cost(ref, 1_000, 100), book.cost(ref, 900_000, 100)
+    assert isinstance(book._cache[ref], pricing._CalcPrice)
+    assert small.usd == pytest.approx(_reference_usd(ref, (1_000, 100, 0, 0)), rel=REL_TOL)
+    assert large.usd == pytest.approx(_reference_usd(ref, (900_000, 100, 0, 0)), rel=REL_TOL)
+
+
+def _model_with_scheduled_price_change() -> tuple[Provider, ModelInfo]:
+    later = date.today() + timedelta(days=365)
+    model = ModelInfo(
+        id="acme-1",
+        match=ClauseEquals(equals="acme-1"),
+        prices=[
+            ConditionalPrice(constraint=None, prices=ModelPrice(input_mtok=Decimal("1"), output_mtok=Decimal("2"))),
+            ConditionalPrice(
+                constraint=StartDateConstraint(start_date=later),
+                prices=ModelPrice(input_mtok=Decimal("3"), output_mtok=Decimal("1")),
+            ),
+        ],
+    )
+    return Provider(id="acme", name="Acme", api_pattern="acme", models=[model]), model
+
+
+def test_price_scheduled_to_change_is_not_frozen_into_float_rates() -> None:
+    provider, model = _model_with_scheduled_price_change()
+    entry = pricing._compile(provider, model, None)
+    assert isinstance(entry, pricing._CalcPrice)
+    assert entry.cost(1_000_000, 1_000_000, 0, 0).usd == pytest.approx(3.0)  # today's price: 1 + 2
+    # The reservation bound covers both today's and the scheduled price.
+    assert (entry.max_input, entry.max_output) == pytest.approx((3e-6, 2e-6))
+
+
+# --- model resolution ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dated", "base"),
+    [
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("gpt-4.1-2025-04-14", "gpt-4.1"),
+        ("GPT-4o-mini-2024-07-18", "gpt-4o-mini"),
+    ],
+)
+def test_dated_snapshot_names_resolve_to_the_base_model_price(dated: str, base: str) -> None:
+    book = PriceBook()
+    cost = book.cost(dated, 1234, 567, 89)
+    assert cost.source == GENAI_PRICES_SOURCE
+    assert cost == book.cost(base, 1234, 567, 89)
+    assert book.is_known(dated)
+
+
+def test_models_of_other_providers_are_found_by_name() -> None:
+    book = PriceBook()
+    cost = book.cost("claude-3-5-sonnet-latest", 1000, 100)
+    assert cost.source == GENAI_PRICES_SOURCE and cost.usd is not None and cost.usd > 0
+    expected = calc_price(Usage(input_tokens=1000, output_tokens=100), "claude-3-5-sonnet-latest")
+    assert cost.usd == pytest.approx(float(expected.total_price), rel=REL_TOL)
+
+
+@pytest.mark.parametrize("model", ["no-such-model-xyz", "", "   ", None])
+def test_unknown_model_has_unknown_cost_and_no_bound(model: str | None) -> None:
+    book = PriceBook()
+    assert book.cost(model, 100, 10) == Cost(None, "unknown-model")
+    assert book.cost(model, 100, 10, service_tier="priority") == Cost(None, "unknown-model")
+    assert book.max_cost(model, 100, 10) is None
+    assert book.is_known(model) is False
+
+
+def test_known_models_are_known() -> None:
+    book = PriceBook()
+    assert book.is_known("gpt-4o-mini")
+    assert book.is_known("gpt-4o-mini-2024-07-18")
+
+
+# --- odd input never raises --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"input_tokens": -1},
+        {"output_tokens": -5},
+        {"input_tokens": 10, "cache_read_tokens": 20},  # more cached than input
+        {"output_tokens": 10, "reasoning_tokens": 20},  # more reasoning than output
+        {"input_tokens": "100"},
+        {"input_tokens": object()},
+    ],
+)
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-5.4", "claude-3-5-sonnet-latest"])
+def test_inconsistent_or_invalid_tokens_give_unknown_cost_without_raising(model: str, usage: dict) -> None:
+    assert PriceBook().cost(model, **usage) == Cost(None, "unknown-model")
+
+
+def test_none_tokens_count_as_zero() -> None:
+    book = PriceBook()
+    assert book.cost("gpt-4o-mini", None, None, None, None) == Cost(0.0, GENAI_PRICES_SOURCE)  # type: ignore[arg-type]
+    assert book.cost("gpt-4o-mini", 1000, None) == book.cost("gpt-4o-mini", 1000, 0)  # type: ignore[arg-type]
+    assert book.max_cost("gpt-4o-mini", None, 10) == book.max_cost("gpt-4o-mini", 0, 10)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("model", [["gpt-4o"], 42, object()])
+def test_non_string_model_gives_unknown_without_raising(model: object) -> None:
+    book = PriceBook()
+    assert book.cost(model, 10, 10) == Cost(None, "unknown-model")  # type: ignore[arg-type]
+    assert book.max_cost(model, 10, 10) is None  # type: ignore[arg-type]
+    assert book.is_known(model) is False  # type: ignore[arg-type]
+
+
+def test_max_cost_of_negative_tokens_is_none() -> None:
+    assert PriceBook().max_cost("gpt-4o-mini", -1, 10) is None
+
+
+# --- max_cost ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", OPENAI_TOKEN_MODELS, ids=lambda m: m.id)
+def test_max_cost_bounds_cost_for_random_usages(model: ModelInfo) -> None:
+    book = PriceBook()
+    ref = _ref_for(model)
+    for tier in [None, *_service_tiers(model)]:
+        for i, o, c, r in _random_usages(seed=7, n=60):
+            bound = book.max_cost(ref, i, o, service_tier=tier)
+            cost = book.cost(ref, i, o, c, r, service_tier=tier).usd
+            assert bound is not None and cost is not None
+            assert bound >= cost * (1 - 1e-12), (ref, tier, (i, o, c, r), bound, cost)
+
+
+def test_max_cost_gives_no_cache_discount() -> None:
+    assert PriceBook().max_cost("gpt-4o-mini", 1000, 500) == pytest.approx(1000 * 0.15e-6 + 500 * 0.6e-6, rel=1e-12)
+
+
+def test_max_cost_uses_the_highest_tier_rate() -> None:
+    price = ModelPrice(
+        input_mtok=TieredPrices(base=Decimal("1"), tiers=[Tier(start=200_000, price=Decimal("2"))]),
+        output_mtok=TieredPrices(base=Decimal("4"), tiers=[Tier(start=200_000, price=Decimal("6"))]),
+    )
+    model = ModelInfo(id="acme-tiered", match=ClauseEquals(equals="acme-tiered"), prices=price)
+    entry = pricing._compile(Provider(id="acme", name="Acme", api_pattern="acme", models=[model]), model, None)
+    assert isinstance(entry, pricing._CalcPrice)
+    assert (entry.max_input, entry.max_output) == pytest.approx((2e-6, 6e-6))
+    assert entry.cost(1000, 1000, 0, 0).usd == pytest.approx(1000 * 1e-6 + 1000 * 4e-6)
+
+
+# --- overrides -------------------------------------------------------------------
+
+
+def test_override_set_in_code_replaces_the_genai_price() -> None:
+    book = PriceBook()
+    assert book.cost("gpt-4o-mini", 1000, 500).source == GENAI_PRICES_SOURCE  # cached genai entry
+    book.set_price("gpt-4o-mini", input_per_mtok=1.0, output_per_mtok=2.0, cache_read_per_mtok=0.5)
+    cost = book.cost("gpt-4o-mini", 1_000_000, 1_000_000, 400_000)
+    assert cost.source == "override"
+    assert cost.usd == pytest.approx(0.6 * 1.0 + 0.4 * 0.5 + 2.0)
+    assert book.max_cost("gpt-4o-mini", 1_000_000, 1_000_000) == pytest.approx(3.0)
+
+
+def test_override_applies_to_dated_snapshots_and_all_service_tiers() -> None:
+    book = PriceBook()
+    book.set_price("gpt-4o", input_per_mtok=1.0, output_per_mtok=2.0)
+    for name in ("gpt-4o", "GPT-4o", "gpt-4o-2024-08-06", "gpt-4o-20240806"):
+        for tier in (None, "priority"):
+            assert book.cost(name, 1_000_000, 0, service_tier=tier) == Cost(pytest.approx(1.0), "override"), name
+    assert book.cost("gpt-4o-mini", 10, 10).source == GENAI_PRICES_SOURCE  # another model is untouched
+
+
+def test_cache_read_override_defaults_to_the_input_price() -> None:
+    book = PriceBook(overrides={"my-model": {"input_per_mtok": 3.0, "output_per_mtok": 6.0}})
+    assert book.cost("my-model", 1_000_000, 0, cache_read_tokens=500_000) == Cost(pytest.approx(3.0), "override")
+
+
+def test_overrides_can_add_models_unknown_to_genai_prices() -> None:
+    book = PriceBook(overrides={"acme-llm": {"input_per_mtok": 0.5, "output_per_mtok": 1.5}})
+    assert book.is_known("acme-llm")
+    assert book.cost("acme-llm", 2_000_000, 1_000_000) == Cost(pytest.approx(2.5), "override")
+
+
+def test_price_file_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(
+        "gpt-4o-mini:\n  input_per_mtok: 0.2\n  output_per_mtok: 0.8\n  cache_read_per_mtok: 0.1\n"
+        "my-model:\n  input_per_mtok: 1\n  output_per_mtok: 2\n"
+    )
+    loaded = load_price_file(path)
+    assert loaded == {
+        "gpt-4o-mini": {"input_per_mtok": 0.2, "output_per_mtok": 0.8, "cache_read_per_mtok": 0.1},
+        "my-model": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
+    }
+    book = PriceBook(overrides=loaded)
+    assert book.cost("gpt-4o-mini", 1_000_000, 1_000_000, 500_000) == Cost(pytest.approx(0.1 + 0.05 + 0.8), "override")
+
+
+def test_price_file_json(tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"my-model": {"input_per_mtok": 2, "output_per_mtok": 4}}))
+    book = PriceBook(overrides=load_price_file(path))
+    assert book.cost("my-model", 500_000, 250_000) == Cost(pytest.approx(2.0), "override")
+
+
+def test_empty_price_file_means_no_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "prices.yml"
+    path.write_text("")
+    assert load_price_file(path) == {}
+
+
+BAD_FILES = [
+    ("missing.yaml", "m1:\n  input_per_mtok: 1\n", ["m1", "output_per_mtok"]),
+    ("negative.yaml", "m2:\n  input_per_mtok: -1\n  output_per_mtok: 1\n", ["m2", "input_per_mtok"]),
+    ("text.json", '{"m3": {"input_per_mtok": "cheap", "output_per_mtok": 1}}', ["m3", "input_per_mtok", "cheap"]),
+    ("typo.yaml", "m4:\n  input_mtok: 1\n  output_per_mtok: 1\n", ["m4", "input_mtok"]),
+    ("bool.yaml", "m5:\n  input_per_mtok: true\n  output_per_mtok: 1\n", ["m5", "input_per_mtok"]),
+    ("nan.yaml", "m6:\n  input_per_mtok: .nan\n  output_per_mtok: 1\n", ["m6", "input_per_mtok"]),
+    ("flat.yaml", "m7: 0.5\n", ["m7", "mapping"]),
+    ("list.yaml", "- m8\n", ["mapping"]),
+    ("broken.yaml", "m9: [unclosed\n", ["YAML"]),
+    ("broken.json", '{"m10": ', ["JSON"]),
+    ("prices.toml", "m11 = 1\n", ["unsupported"]),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_price_file_raises_value_error_naming_the_problem(
+    tmp_path: Path, name: str, content: str, expected: list[str]
+) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError) as excinfo:
+        load_price_file(path)
+    message = str(excinfo.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_bad_overrides_in_code_raise_value_error() -> None:
+    with pytest.raises(ValueError, match="my-model.*output_per_mtok"):
+        PriceBook(overrides={"my-model": {"input_per_mtok": 1.0}})
+    with pytest.raises(ValueError, match="my-model.*input_per_mtok"):
+        PriceBook().set_price("my-model", input_per_mtok=-1.0, output_per_mtok=1.0)
+
+
+# --- process-wide instance ------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_default(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("WFLO_PRICES_FILE", raising=False)
+    reset_default_pricebook()
+    yield
+    reset_default_pricebook()
+
+
+@pytest.mark.usefixtures("fresh_default")
+def test_default_pricebook_reads_wflo_prices_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text("gpt-4o:\n  input_per_mtok: 1\n  output_per_mtok: 1\n")
+    monkeypatch.setenv("WFLO_PRICES_FILE", str(path))
+    book = default_pricebook()
+    assert book is default_pricebook()
+    assert book.cost("gpt-4o", 1_000_000, 0).source == "override"
+    path.write_text("gpt-4o:\n  input_per_mtok: 5\n  output_per_mtok: 5\n")
+    assert default_pricebook().cost("gpt-4o", 1_000_000, 0).usd == pytest.approx(1.0)  # not re-read
+    reset_default_pricebook()
+    assert default_pricebook().cost("gpt-4o", 1_000_000, 0).usd == pytest.approx(5.0)
+
+
+@pytest.mark.usefixtures("fresh_default")
+def test_default_pricebook_without_prices_file_uses_genai_prices() -> None:
+    assert default_pricebook().cost("gpt-4o-mini", 10, 10).source == GENAI_PRICES_SOURCE
+
+
+# --- concurrency and memory ------------------------------------------------------------
+
+
+def test_concurrent_costs_and_overrides_stay_consistent() -> None:
+    book = PriceBook()
+    errors: list[BaseException] = []
+    models = ["gpt-4o-mini", "gpt-4o", "gpt-4.1", "o3-mini", "gpt-4o-mini-2024-07-18"]
+
+    def price_many() -> None:
+        try:
+            for n in range(2000):
+                cost = book.cost(models[n % len(models)], 1000, 100, 10)
+                assert cost.usd is not None and cost.source in (GENAI_PRICES_SOURCE, "override")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=price_many) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for n in range(20):
+        book.set_price("gpt-4.1", input_per_mtok=float(n), output_per_mtok=1.0)
+    for t in threads:
+        t.join()
+    assert not errors
+    assert book.cost("gpt-4.1", 1_000_000, 0) == Cost(pytest.approx(19.0), "override")
+
+
+def test_cache_size_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pricing, "_MAX_CACHE_ENTRIES", 10)
+    book = PriceBook()
+    for n in range(50):
+        book.cost(f"made-up-model-{n}", 1, 1)
+    assert len(book._cache) <= 10
+    assert book.cost("gpt-4o-mini", 1, 1).usd is not None
+
+
+def test_time_of_day_price_is_not_frozen_into_float_rates() -> None:
+    off_peak = TimeOfDateConstraint(start_time=time(16, 30), end_time=time(0, 30))
+    model = ModelInfo(
+        id="acme-offpeak",
+        match=ClauseEquals(equals="acme-offpeak"),
+        prices=[
+            ConditionalPrice(constraint=None, prices=ModelPrice(input_mtok=Decimal("2"), output_mtok=Decimal("8"))),
+            ConditionalPrice(constraint=off_peak, prices=ModelPrice(input_mtok=Decimal("1"), output_mtok=Decimal("4"))),
+        ],
+    )
+    entry = pricing._compile(Provider(id="acme", name="Acme", api_pattern="acme", models=[model]), model, None)
+    assert isinstance(entry, pricing._CalcPrice)
+    assert (entry.max_input, entry.max_output) == pytest.approx((2e-6, 8e-6))

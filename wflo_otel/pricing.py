@@ -1,0 +1,542 @@
+"""USD cost of LLM calls, priced from the bundled ``genai-prices`` snapshot.
+
+Pricing runs on every instrumented call, so it has to cost microseconds, not the
+~50 µs of ``genai_prices.calc_price`` (Decimal arithmetic, model matching, usage
+decomposition). :class:`PriceBook` therefore resolves each ``(model, service_tier)``
+once and caches the result:
+
+* a *flat* entry (three float per-token rates) when the price in force now is a
+  plain per-token price over input / cached input / output tokens and no date or
+  time-of-day constraint can change it later — the hot path is then one dict
+  lookup and a few float multiplications;
+* a *calc* entry for anything else (tiered prices, prices that change at a future
+  date or time of day, audio/image/character priced models, ...), which keeps the
+  resolved genai-prices model and calls its ``calc_price`` per call;
+* an *unknown* entry, so unknown model strings are not looked up again.
+
+Price data is never fetched at run time (no ``UpdatePrices``); users can add or
+replace prices with overrides (code or a YAML/JSON file named by
+``WFLO_PRICES_FILE``).
+
+Token conventions are OpenAI's: ``input_tokens`` includes ``cache_read_tokens``
+and ``output_tokens`` includes ``reasoning_tokens``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import genai_prices
+import yaml
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.data_units import unit_data
+from genai_prices.types import (
+    ModelInfo,
+    ModelPrice,
+    PriceContext,
+    Provider,
+    StartDateConstraint,
+    TieredPrices,
+    TimeOfDateConstraint,
+)
+
+__all__ = (
+    "GENAI_PRICES_SOURCE",
+    "OVERRIDE_SOURCE",
+    "PRICES_FILE_ENV",
+    "UNKNOWN_COST",
+    "UNKNOWN_MODEL_SOURCE",
+    "Cost",
+    "PriceBook",
+    "default_pricebook",
+    "load_price_file",
+    "reset_default_pricebook",
+)
+
+_log = logging.getLogger(__name__)
+
+GENAI_PRICES_SOURCE: str = f"genai-prices@{genai_prices.__version__}"
+OVERRIDE_SOURCE = "override"
+UNKNOWN_MODEL_SOURCE = "unknown-model"
+PRICES_FILE_ENV = "WFLO_PRICES_FILE"
+
+# Tiers that OpenAI bills at the model's standard price.
+_BASE_TIERS = frozenset({"default", "auto"})
+# Unbounded model strings (e.g. from a misbehaving proxy) must not grow memory forever.
+_MAX_CACHE_ENTRIES = 4096
+_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+
+# Override file keys: required, optional.
+_OVERRIDE_KEYS = ("input_per_mtok", "output_per_mtok")
+_OPTIONAL_OVERRIDE_KEYS = ("cache_read_per_mtok",)
+
+# Price constraints whose effect over time _breakpoints() knows how to enumerate.
+_KNOWN_CONSTRAINTS = (StartDateConstraint, TimeOfDateConstraint)
+# genai-prices price keys, by the unit family they price (tokens, tool_calls, ...).
+_PRICE_KEY_UNITS: dict[str, Mapping[str, Any]] = {u["price_key"]: u for u in unit_data.values()}
+# The only token prices the flat fast path knows how to apply.
+_FLAT_TOKEN_KEYS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok"})
+# Price keys that cost() can charge, by side; used for max_cost() upper bounds.
+_INPUT_SIDE_KEYS = ("input_mtok", "cache_read_mtok")
+_OUTPUT_SIDE_KEYS = ("output_mtok", "output_reasoning_mtok")
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Cost of one call: ``usd`` is None when the price is unknown."""
+
+    usd: float | None
+    source: str  # GENAI_PRICES_SOURCE | OVERRIDE_SOURCE | UNKNOWN_MODEL_SOURCE
+
+
+UNKNOWN_COST = Cost(None, UNKNOWN_MODEL_SOURCE)
+
+# A frozen dataclass __init__ goes through object.__setattr__ per field (~0.2 µs);
+# filling the slots directly halves that, which matters on the per-call hot path.
+_new_object = object.__new__
+_set_usd = Cost.usd.__set__  # type: ignore[attr-defined]
+_set_source = Cost.source.__set__  # type: ignore[attr-defined]
+
+
+class _FlatPrice:
+    """Per-token float rates: the fast path for plain token prices and overrides."""
+
+    __slots__ = ("input", "cache_read", "output", "source", "max_input", "max_output")
+
+    def __init__(self, input: float, cache_read: float, output: float, source: str) -> None:
+        self.input = input
+        self.cache_read = cache_read
+        self.output = output
+        self.source = source
+        # Upper bound for max_cost(): no cache discount (nor cache premium).
+        self.max_input: float | None = max(input, cache_read)
+        self.max_output: float | None = output
+
+    def cost(self, i: int, o: int, c: int, r: int) -> Cost:
+        # Reasoning tokens are part of output_tokens and billed at the output rate.
+        cost = _new_object(Cost)
+        _set_usd(cost, (i - c) * self.input + c * self.cache_read + o * self.output)
+        _set_source(cost, self.source)
+        return cost
+
+    def __repr__(self) -> str:
+        rates = f"input={self.input!r}, cache_read={self.cache_read!r}, output={self.output!r}"
+        return f"_FlatPrice({rates}, source={self.source!r})"
+
+
+class _CalcPrice:
+    """Delegates to genai-prices per call, for prices the flat path cannot express."""
+
+    __slots__ = ("provider", "model", "price_context", "source", "max_input", "max_output")
+
+    def __init__(
+        self,
+        provider: Provider,
+        model: ModelInfo,
+        price_context: PriceContext | None,
+        bound: tuple[float, float],
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        self.price_context = price_context
+        self.source = GENAI_PRICES_SOURCE
+        self.max_input: float | None = bound[0]
+        self.max_output: float | None = bound[1]
+
+    def cost(self, i: int, o: int, c: int, r: int) -> Cost:
+        usage = genai_prices.Usage(
+            input_tokens=i, output_tokens=o, cache_read_tokens=c, output_reasoning_tokens=r
+        )
+        try:
+            calc = self.model.calc_price(usage, self.provider, price_context=self.price_context)
+        except (ValueError, ArithmeticError):
+            _log.debug("genai-prices could not price %s for %r", self.model.id, usage, exc_info=True)
+            return UNKNOWN_COST
+        return Cost(float(calc.total_price), self.source)
+
+    def __repr__(self) -> str:
+        where = f"provider={self.provider.id!r}, model={self.model.id!r}"
+        return f"_CalcPrice({where}, price_context={self.price_context!r})"
+
+
+class _UnknownPrice:
+    """Cached negative result so unknown models are not matched again on every call."""
+
+    __slots__ = ()
+    source = UNKNOWN_MODEL_SOURCE
+    max_input: float | None = None
+    max_output: float | None = None
+
+    def cost(self, i: int, o: int, c: int, r: int) -> Cost:
+        return UNKNOWN_COST
+
+    def __repr__(self) -> str:
+        return "_UnknownPrice()"
+
+
+_PriceEntry = _FlatPrice | _CalcPrice | _UnknownPrice
+_UNKNOWN_ENTRY = _UnknownPrice()
+
+
+class PriceBook:
+    """Thread-safe price lookups; caches per (model, service_tier).
+
+    Reads of the cache take no lock (a dict lookup is atomic); resolving a new key,
+    and changing overrides, happen under a lock so a stale entry can't be stored
+    after an override changed.
+    """
+
+    def __init__(
+        self,
+        provider_id: str = "openai",
+        overrides: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> None:
+        self._provider_id = provider_id
+        self._overrides: dict[str, _FlatPrice] = {}
+        for model, prices in (overrides or {}).items():
+            self._overrides[_override_key(model)] = _override_entry(model, prices)
+        self._cache: dict[Any, _PriceEntry] = {}
+        self._lock = threading.Lock()
+
+    def set_price(
+        self,
+        model: str,
+        *,
+        input_per_mtok: float,
+        output_per_mtok: float,
+        cache_read_per_mtok: float | None = None,
+    ) -> None:
+        """Add or replace an override; it takes effect for the next call."""
+        prices = {"input_per_mtok": input_per_mtok, "output_per_mtok": output_per_mtok}
+        if cache_read_per_mtok is not None:
+            prices["cache_read_per_mtok"] = cache_read_per_mtok
+        entry = _override_entry(model, prices)
+        with self._lock:
+            self._overrides[_override_key(model)] = entry
+            # Dated snapshots and resolved ids may map to this override too: drop every
+            # cached entry (overrides change rarely; entries rebuild on next use).
+            self._cache.clear()
+
+    def cost(
+        self,
+        model: str | None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        service_tier: str | None = None,
+    ) -> Cost:
+        """Cost of one call; never raises (odd input gives an unknown cost)."""
+        try:
+            key = model if service_tier is None else (model, service_tier)
+            entry = self._cache.get(key) or self._resolve(model, service_tier)
+            i = input_tokens or 0
+            o = output_tokens or 0
+            c = cache_read_tokens or 0
+            r = reasoning_tokens or 0
+            if c > i or r > o or c < 0 or r < 0:
+                _log.debug("inconsistent usage for %r: in=%r out=%r cached=%r reasoning=%r", model, i, o, c, r)
+                return UNKNOWN_COST
+            return entry.cost(i, o, c, r)
+        except Exception:  # pricing must never break the caller's LLM call
+            _log.debug("cannot price model %r", model, exc_info=True)
+            return UNKNOWN_COST
+
+    def max_cost(
+        self,
+        model: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        service_tier: str | None = None,
+    ) -> float | None:
+        """Upper bound of ``cost()`` for a call using at most these tokens, or None if unknown.
+
+        Used to reserve budget before a call: cached input is assumed to cost the
+        larger of the input and cache-read rates, tiered prices their highest tier,
+        and prices scheduled to change later their highest scheduled rate.
+        """
+        try:
+            key = model if service_tier is None else (model, service_tier)
+            entry = self._cache.get(key) or self._resolve(model, service_tier)
+            if entry.max_input is None or entry.max_output is None:
+                return None
+            i = input_tokens or 0
+            o = output_tokens or 0
+            if i < 0 or o < 0:
+                _log.debug("negative token bound for %r: in=%r out=%r", model, i, o)
+                return None
+            return i * entry.max_input + o * entry.max_output
+        except Exception:
+            _log.debug("cannot bound cost of model %r", model, exc_info=True)
+            return None
+
+    def is_known(self, model: str | None) -> bool:
+        """Whether ``model`` has a price (from genai-prices or an override)."""
+        try:
+            entry = self._cache.get(model) or self._resolve(model, None)
+        except Exception:
+            _log.debug("cannot resolve model %r", model, exc_info=True)
+            return False
+        return entry is not _UNKNOWN_ENTRY
+
+    def _resolve(self, model: str | None, service_tier: str | None) -> _PriceEntry:
+        """Build and cache the entry for a key missing from the cache (slow path)."""
+        key = model if service_tier is None else (model, service_tier)
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                entry = self._build_entry(model, service_tier)
+                if len(self._cache) >= _MAX_CACHE_ENTRIES:
+                    self._cache.clear()
+                self._cache[key] = entry
+            return entry
+
+    def _build_entry(self, model: str | None, service_tier: str | None) -> _PriceEntry:
+        if not isinstance(model, str) or not model.strip():
+            return _UNKNOWN_ENTRY
+        override = self._find_override(model)
+        if override is not None:
+            return override
+        found = self._find_model(model)
+        if found is None:
+            return _UNKNOWN_ENTRY
+        provider, info = found
+        override = self._overrides.get(info.id.lower())
+        if override is not None:
+            return override
+        return _compile(provider, info, _price_context(provider, info, service_tier))
+
+    def _find_override(self, model: str) -> _FlatPrice | None:
+        """Override for the exact name, or for the name without a date suffix."""
+        key = _override_key(model)
+        return self._overrides.get(key) or self._overrides.get(_DATE_SUFFIX.sub("", key))
+
+    def _find_model(self, model: str) -> tuple[Provider, ModelInfo] | None:
+        """Look in the configured provider first, then let genai-prices pick one by model name."""
+        snapshot = get_snapshot()
+        for provider_id in (self._provider_id, None):
+            try:
+                return snapshot.find_provider_model(model, None, provider_id, None)
+            except LookupError:
+                continue
+        _log.debug("unknown model %r", model)
+        return None
+
+
+def _price_context(provider: Provider, model: ModelInfo, service_tier: str | None) -> PriceContext | None:
+    """The price context calc_price would apply for this tier.
+
+    genai-prices ignores variants of a model borrowed from a fallback provider, and
+    "default"/"auto" mean the standard price.
+    """
+    if service_tier is None or service_tier in _BASE_TIERS:
+        return None
+    if not any(m is model for m in provider.models):
+        return None
+    return {"service_tier": service_tier}
+
+
+def _compile(provider: Provider, model: ModelInfo, context: PriceContext | None) -> _PriceEntry:
+    """Flat entry when the price is plain and settled for good, else a calc_price entry."""
+    constraints = _constraints(model, context)
+    timeline = [model.get_prices(ts, context) for ts in _breakpoints(constraints, datetime.now(tz=timezone.utc))]
+    current = timeline[0]
+    settled = all(isinstance(c, _KNOWN_CONSTRAINTS) for c in constraints) and all(p == current for p in timeline)
+    rates = _flat_rates(current) if settled else None
+    if rates is not None:
+        return _FlatPrice(*rates, GENAI_PRICES_SOURCE)
+    return _CalcPrice(provider, model, context, _upper_rates(timeline))
+
+
+def _constraints(model: ModelInfo, context: PriceContext | None) -> list[object]:
+    """Constraints that can affect get_prices(..., context)."""
+    found: list[object] = []
+    if not isinstance(model.prices, ModelPrice):
+        found.extend(cp.constraint for cp in model.prices if cp.constraint is not None)
+    if context:
+        for variant in model.price_variants or ():
+            if variant.constraint is not None and all(context.get(k) == v for k, v in variant.when.items()):
+                found.append(variant.constraint)
+    return found
+
+
+def _breakpoints(constraints: Iterable[object], now: datetime) -> list[datetime]:
+    """Now, then every future instant at which a constraint could change the price.
+
+    Start-date and time-of-day constraints make a model's price piecewise constant
+    in time, so evaluating it at these instants enumerates every price it can still
+    have: the current one and any scheduled change.
+    """
+    today = now.date()
+    days = [today]
+    times_of_day: list[time] = []
+    for constraint in constraints:
+        if isinstance(constraint, StartDateConstraint):
+            if constraint.start_date > today:
+                days.append(constraint.start_date)
+        elif isinstance(constraint, TimeOfDateConstraint):
+            times_of_day += [constraint.start_time, constraint.end_time]
+    points = [now] + [_at(day, time(0)) for day in days[1:]]
+    points += [_at(day, t) for day in days for t in times_of_day]
+    return points
+
+
+def _at(day: date, at: time) -> datetime:
+    moment = datetime.combine(day, at)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _flat_rates(price: ModelPrice) -> tuple[float, float, float] | None:
+    """(input, cache_read, output) USD per token, if only plain token prices apply.
+
+    Prices of tool calls (web searches, ...) never apply to token usage and are
+    ignored; any other priced unit (audio, images, characters, requests) or a
+    tiered price needs the genai-prices calculation.
+    """
+    rates: dict[str, float] = {}
+    for key, value in price.__dict__.items():
+        if key.startswith("_") or value is None:
+            continue
+        unit = _PRICE_KEY_UNITS.get(key)
+        if unit is None:
+            return None
+        if unit["dimensions"].get("family") == "tool_calls":
+            continue
+        if key not in _FLAT_TOKEN_KEYS or not _is_plain_decimal(value):
+            return None
+        rates[key] = float(value / unit["per"])
+    if "input_mtok" not in rates:
+        return None
+    return rates["input_mtok"], rates.get("cache_read_mtok", rates["input_mtok"]), rates.get("output_mtok", 0.0)
+
+
+def _is_plain_decimal(value: object) -> bool:
+    return isinstance(value, Decimal) and value.is_finite() and value >= 0
+
+
+def _upper_rates(prices: Iterable[ModelPrice]) -> tuple[float, float]:
+    """Highest per-token (input side, output side) rates over the given prices."""
+    max_input = max_output = 0.0
+    for price in prices:
+        max_input = max(max_input, *(_highest_rate(price, key) for key in _INPUT_SIDE_KEYS))
+        max_output = max(max_output, *(_highest_rate(price, key) for key in _OUTPUT_SIDE_KEYS))
+    return max_input, max_output
+
+
+def _highest_rate(price: ModelPrice, key: str) -> float:
+    value = price.__dict__.get(key)
+    if isinstance(value, TieredPrices):
+        value = max([value.base, *(tier.price for tier in value.tiers)])
+    if not _is_plain_decimal(value):
+        return 0.0
+    return float(value / _PRICE_KEY_UNITS[key]["per"])
+
+
+# --- overrides ---------------------------------------------------------------
+
+
+def _override_key(model: str) -> str:
+    return model.strip().lower()
+
+
+def _override_entry(model: object, prices: object, where: str = "") -> _FlatPrice:
+    """Validate one override; errors name the model and key so files are easy to fix."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"{prefix}model names must be non-empty strings, got {model!r}")
+    if not isinstance(prices, Mapping):
+        raise ValueError(f"{prefix}model {model!r}: expected a mapping of prices, got {type(prices).__name__}")
+    allowed = _OVERRIDE_KEYS + _OPTIONAL_OVERRIDE_KEYS
+    for key in prices:
+        if key not in allowed:
+            raise ValueError(f"{prefix}model {model!r}: unknown key {key!r} (allowed: {', '.join(allowed)})")
+    rates: dict[str, float] = {}
+    for key in allowed:
+        if key not in prices or (key in _OPTIONAL_OVERRIDE_KEYS and prices[key] is None):
+            if key in _OVERRIDE_KEYS:
+                raise ValueError(f"{prefix}model {model!r}: missing required key {key!r}")
+            continue
+        rates[key] = _per_token(model, key, prices[key], prefix)
+    input_rate = rates["input_per_mtok"]
+    cache_read_rate = rates.get("cache_read_per_mtok", input_rate)
+    return _FlatPrice(input_rate, cache_read_rate, rates["output_per_mtok"], OVERRIDE_SOURCE)
+
+
+def _per_token(model: str, key: str, value: object, prefix: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise ValueError(f"{prefix}model {model!r}: {key!r} must be a number (USD per million tokens), got {value!r}")
+    per_mtok = float(value)
+    if not math.isfinite(per_mtok) or per_mtok < 0:
+        raise ValueError(f"{prefix}model {model!r}: {key!r} must be a finite non-negative number, got {value!r}")
+    return per_mtok / 1_000_000
+
+
+def load_price_file(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
+    """Read price overrides from YAML (.yaml/.yml) or JSON (.json).
+
+    Format: ``{model: {input_per_mtok: ..., output_per_mtok: ..., cache_read_per_mtok: ...}}``
+    (USD per million tokens, cache_read optional). Raises ValueError naming the file,
+    model and key on bad content; OSError if the file cannot be read.
+    """
+    file = Path(path)
+    text = file.read_text(encoding="utf-8")
+    data = _parse_price_text(file, text)
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{file}: expected a mapping of model name to prices, got {type(data).__name__}")
+    result: dict[str, dict[str, float]] = {}
+    for model, prices in data.items():
+        _override_entry(model, prices, where=str(file))
+        result[model] = {key: float(value) for key, value in prices.items() if value is not None}
+    return result
+
+
+def _parse_price_text(file: Path, text: str) -> object:
+    suffix = file.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+        if suffix == ".json":
+            return json.loads(text) if text.strip() else None
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{file}: invalid {suffix[1:].upper()}: {exc}") from exc
+    raise ValueError(f"{file}: unsupported price file type {suffix!r} (use .yaml, .yml or .json)")
+
+
+# --- process-wide instance ---------------------------------------------------
+
+_default_book: PriceBook | None = None
+_default_lock = threading.Lock()
+
+
+def default_pricebook() -> PriceBook:
+    """The process-wide PriceBook, created on first use with overrides from WFLO_PRICES_FILE."""
+    global _default_book
+    book = _default_book
+    if book is None:
+        with _default_lock:
+            if _default_book is None:
+                path = os.environ.get(PRICES_FILE_ENV)
+                _default_book = PriceBook(overrides=load_price_file(path) if path else None)
+            book = _default_book
+    return book
+
+
+def reset_default_pricebook() -> None:
+    """Forget the process-wide PriceBook so the next use re-reads WFLO_PRICES_FILE."""
+    global _default_book
+    with _default_lock:
+        _default_book = None
