@@ -20,15 +20,15 @@ ORDER BY cost_usd DESC
 """.strip(),
     "cost_per_model_per_day": """
 SELECT date(s.started_at)       AS day,
-       s.response_model         AS model,
+       COALESCE(s.response_model, s.request_model) AS model,
        COUNT(*)                 AS calls,
        SUM(s.input_tokens)      AS input_tokens,
        SUM(s.cache_read_tokens) AS cached_tokens,
        SUM(s.output_tokens)     AS output_tokens,
        SUM(s.cost_usd)          AS cost_usd
 FROM step_executions s
-WHERE s.kind = 'llm'
-GROUP BY date(s.started_at), s.response_model
+WHERE s.kind = 'llm' AND s.input_tokens IS NOT NULL
+GROUP BY date(s.started_at), COALESCE(s.response_model, s.request_model)
 ORDER BY day DESC, cost_usd DESC
 """.strip(),
     "recent_executions": """
