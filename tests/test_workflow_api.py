@@ -121,3 +121,20 @@ def test_empty_names_are_rejected():
 
 def test_configure_is_idempotent(telemetry):
     assert wflo_otel.configure() is telemetry.handle
+
+
+def test_configure_shutdown_configure_leaves_one_set_of_processors():
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    for _ in range(3):
+        handle = wflo_otel.configure(tracer_provider=provider, exporter=False)
+        handle.shutdown()
+    handle = wflo_otel.configure(tracer_provider=provider, exporter=False)
+    try:
+        processors = provider._active_span_processor._span_processors
+        assert len(processors) == 1
+        assert processors[0].processors == (handle.budget_processor,)
+    finally:
+        handle.shutdown()
+    assert processors[0].processors == ()

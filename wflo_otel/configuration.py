@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -45,6 +46,49 @@ def _env_int(name: str) -> int | None:
     return int(value) if value is not None else None
 
 
+class ProcessorSlot(SpanProcessor):
+    """The one span processor wflo-otel adds to a TracerProvider.
+
+    A provider cannot drop a processor, so ``configure()`` fills this slot and
+    ``Handle.shutdown()`` empties it: configure → shutdown → configure in one
+    process leaves exactly one budget processor and one exporter on the provider.
+    """
+
+    def __init__(self) -> None:
+        self.processors: Sequence[SpanProcessor] = ()
+
+    def on_start(self, span, parent_context=None) -> None:
+        for processor in self.processors:
+            processor.on_start(span, parent_context=parent_context)
+
+    def _on_ending(self, span) -> None:
+        for processor in self.processors:
+            processor._on_ending(span)
+
+    def on_end(self, span) -> None:
+        for processor in self.processors:
+            processor.on_end(span)
+
+    def shutdown(self) -> None:
+        processors, self.processors = self.processors, ()
+        for processor in processors:
+            processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return all([processor.force_flush(timeout_millis) for processor in self.processors])
+
+
+_slots: "weakref.WeakKeyDictionary[TracerProvider, ProcessorSlot]" = weakref.WeakKeyDictionary()
+
+
+def _slot_of(provider: TracerProvider) -> ProcessorSlot:
+    slot = _slots.get(provider)
+    if slot is None:
+        slot = _slots[provider] = ProcessorSlot()
+        provider.add_span_processor(slot)
+    return slot
+
+
 @dataclass
 class Handle:
     """What ``configure()`` set up; ``shutdown()`` flushes and undoes it."""
@@ -55,24 +99,24 @@ class Handle:
     span_processor: SpanProcessor | None
     pricebook: PriceBook
     instrumentor: Any
-    owns_provider: bool
+    slot: ProcessorSlot
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.tracer_provider.force_flush(timeout_millis)
+        return self.slot.force_flush(timeout_millis)
 
     def shutdown(self) -> None:
-        """Flush every span, uninstrument, and forget this configuration."""
+        """Flush every span, uninstrument, and forget this configuration.
+
+        The TracerProvider itself is left running (it may be the process-global one,
+        which cannot be replaced); only wflo-otel's processors are removed from it.
+        """
         global _handle
         try:
             self.force_flush()
         finally:
             if self.instrumentor is not None:
                 self.instrumentor.uninstrument()
-            if self.owns_provider:
-                self.tracer_provider.shutdown()
-            else:
-                if self.span_processor is not None:
-                    self.span_processor.shutdown()
+            self.slot.shutdown()
             set_active_processor(None)
             with _lock:
                 if _handle is self:
@@ -117,18 +161,19 @@ def configure(
             default_on_exceed=on_exceed,
             pricebook=pricebook,
         )
-        provider, owns = _provider(tracer_provider, service_name)
-        provider.add_span_processor(budget)  # first: it stamps attributes the exporter reads
+        provider = _provider(tracer_provider, service_name)
         span_exporter = _exporter(exporter, database_url, pricebook)
         span_processor = None
         if span_exporter is not None:
             span_processor = BatchSpanProcessor(span_exporter) if batch else SimpleSpanProcessor(span_exporter)
-            provider.add_span_processor(span_processor)
+        slot = _slot_of(provider)
+        # The budget processor first: it stamps attributes the exporter reads.
+        slot.processors = (budget,) if span_processor is None else (budget, span_processor)
         set_active_processor(budget)
         instrumentor = None
         if instrument_openai:
             instrumentor = _instrument_openai(provider, meter_provider, pricebook, budget, default_output_tokens)
-        _handle = Handle(provider, budget, span_exporter, span_processor, pricebook, instrumentor, owns)
+        _handle = Handle(provider, budget, span_exporter, span_processor, pricebook, instrumentor, slot)
         return _handle
 
 
@@ -139,16 +184,16 @@ def _pricebook(prices_file: str | None) -> PriceBook:
     return PriceBook(overrides=load_price_file(path))
 
 
-def _provider(tracer_provider: TracerProvider | None, service_name: str | None) -> tuple[TracerProvider, bool]:
+def _provider(tracer_provider: TracerProvider | None, service_name: str | None) -> TracerProvider:
     if tracer_provider is not None:
-        return tracer_provider, False
+        return tracer_provider
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
-        return current, False
+        return current
     resource = Resource.create({"service.name": service_name} if service_name else {})
     provider = TracerProvider(resource=resource)
     trace.set_tracer_provider(provider)
-    return provider, True
+    return provider
 
 
 def _exporter(exporter: SpanExporter | bool | None, database_url: str | None, pricebook: PriceBook):
