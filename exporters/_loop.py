@@ -8,6 +8,7 @@ loop and waits for them, so the application's own event loop is never touched.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from typing import Any, Coroutine
 
@@ -32,7 +33,7 @@ class LoopThread:
         future = asyncio.run_coroutine_threadsafe(coro, self._ensure())
         try:
             return future.result(timeout)
-        except TimeoutError:
+        except concurrent.futures.TimeoutError:  # not the builtin one before Python 3.11
             future.cancel()
             raise
 
