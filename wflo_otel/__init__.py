@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from .configuration import Handle, configure
 from .errors import BudgetExceededError
+from .track import track_llm_call
 from .workflow import Step, Workflow, execute, step, workflow
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "configure",
     "execute",
     "step",
+    "track_llm_call",
     "workflow",
 ]

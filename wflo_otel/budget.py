@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
-from typing import Iterable
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
@@ -30,6 +30,15 @@ _log = logging.getLogger(__name__)
 
 ON_EXCEED_RAISE = "raise"
 ON_EXCEED_RECORD = "record"
+UNKNOWN_MODEL_ALLOW = "allow"
+UNKNOWN_MODEL_REFUSE = "refuse"
+DEFAULT_SCOPE_TTL_S = 6 * 3600.0
+_EVICT_EVERY = 4096  # span starts between two scans for spans that never ended
+
+# W3C baggage keys that carry a scope to downstream services (see propagation.py).
+BAGGAGE_EXECUTION_ID = A.WFLO_EXECUTION_ID
+BAGGAGE_WORKFLOW_NAME = A.WFLO_WORKFLOW_NAME
+BAGGAGE_REMAINING_USD = "wflo.budget.remaining_usd"
 _EPSILON = 1e-12  # float slack so a budget spent exactly to the cent is not "over"
 
 
@@ -46,6 +55,7 @@ class Scope:
         "reserved_usd",
         "overran",
         "refusals",
+        "unknown_model",
     )
 
     def __init__(
@@ -55,12 +65,14 @@ class Scope:
         execution_id: str,
         budget_usd: float | None,
         on_exceed: str = ON_EXCEED_RAISE,
+        unknown_model: str = UNKNOWN_MODEL_ALLOW,
     ) -> None:
         self.span_id = span_id
         self.name = name
         self.execution_id = execution_id
         self.budget_usd = budget_usd
         self.on_exceed = on_exceed
+        self.unknown_model = unknown_model
         self.spent_usd = 0.0
         self.reserved_usd = 0.0
         self.overran = False
@@ -104,15 +116,26 @@ class Ledger:
     def __init__(self) -> None:
         self._lock = threading.Lock()
 
-    def reserve(self, chain: Chain, amount: float) -> Reservation:
-        """Hold ``amount`` on every budgeted scope of ``chain`` or raise without holding anything."""
+    def reserve(self, chain: Chain, amount: float | None) -> Reservation:
+        """Hold ``amount`` on every budgeted scope of ``chain`` or raise without holding anything.
+
+        ``amount`` None means the model's price is unknown: scopes with
+        ``unknown_model="refuse"`` refuse the call, the others hold nothing for it.
+        """
+        unknown = amount is None
+        if unknown:
+            amount = 0.0
         with self._lock:
             for scope in chain:
                 budget = scope.budget_usd
                 if budget is None:
                     continue
                 committed = scope.spent_usd + scope.reserved_usd
-                if committed + amount > budget + _EPSILON or scope.spent_usd >= budget:
+                if (
+                    committed + amount > budget + _EPSILON
+                    or scope.spent_usd >= budget
+                    or (unknown and scope.unknown_model == UNKNOWN_MODEL_REFUSE)
+                ):
                     scope.refusals += 1
                     raise BudgetExceededError(
                         scope.spent_usd,
@@ -120,7 +143,7 @@ class Ledger:
                         workflow=scope.name,
                         execution_id=scope.execution_id,
                         reserved_usd=scope.reserved_usd,
-                        requested_usd=amount,
+                        requested_usd=None if unknown else amount,
                         refused=True,
                     )
             for scope in chain:
@@ -175,7 +198,9 @@ class BudgetSpanProcessor(SpanProcessor):
     """Maps spans to budget scopes and stamps ``wflo.execution.id`` at span start.
 
     Register it on the TracerProvider *before* exporting processors so the
-    attributes it stamps are on the span when it is exported.
+    attributes it stamps are on the span when it is exported. Each started span
+    costs one dict insert, each ended span one dict pop; scopes whose span never
+    ends are evicted after ``scope_ttl_s``.
     """
 
     def __init__(
@@ -183,13 +208,20 @@ class BudgetSpanProcessor(SpanProcessor):
         *,
         default_budget_usd: float | None = None,
         default_on_exceed: str = ON_EXCEED_RAISE,
+        default_unknown_model: str = UNKNOWN_MODEL_ALLOW,
+        scope_ttl_s: float = DEFAULT_SCOPE_TTL_S,
         pricebook=None,
     ) -> None:
         self.ledger = Ledger()
         self.default_budget_usd = default_budget_usd
         self.default_on_exceed = default_on_exceed
+        self.default_unknown_model = default_unknown_model
+        self.scope_ttl_s = scope_ttl_s
         self._pricebook = pricebook
-        self._chains: dict[int, Chain] = {}
+        # span id -> (chain, monotonic start); insertion order is start order (eviction scans the front)
+        self._chains: dict[int, tuple[Chain, float]] = {}
+        self._starts = 0
+        self._evict_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -200,14 +232,14 @@ class BudgetSpanProcessor(SpanProcessor):
             _log.exception("wflo-otel: budget processor failed on span start")
 
     def on_end(self, span: ReadableSpan) -> None:
-        chain = self._chains.pop(span.context.span_id, None)
-        if chain is None:
+        entry = self._chains.pop(span.context.span_id, None)
+        if entry is None:
             return
         attrs = span.attributes
         if attrs and A.WFLO_COST_SOURCE not in attrs and (
             A.GEN_AI_USAGE_INPUT_TOKENS in attrs or A.LEGACY_USAGE_PROMPT_TOKENS in attrs
         ):
-            self._charge_foreign(chain, attrs)
+            self._charge_foreign(entry[0], attrs)
 
     def shutdown(self) -> None:
         self._chains.clear()
@@ -218,11 +250,12 @@ class BudgetSpanProcessor(SpanProcessor):
     # -- queries used by the instrumentation and the workflow API -------------------
 
     def chain_of(self, span_id: int) -> Chain:
-        return self._chains.get(span_id, ())
+        entry = self._chains.get(span_id)
+        return entry[0] if entry is not None else ()
 
     def scope_of(self, span_id: int) -> Scope | None:
         """The scope opened by this very span, if it opened one."""
-        chain = self._chains.get(span_id)
+        chain = self.chain_of(span_id)
         if chain and chain[-1].span_id == span_id:
             return chain[-1]
         return None
@@ -231,27 +264,81 @@ class BudgetSpanProcessor(SpanProcessor):
     def open_spans(self) -> int:
         return len(self._chains)
 
+    def evict_expired(self, now: float | None = None) -> int:
+        """Forget spans started more than ``scope_ttl_s`` ago that never ended; returns how many."""
+        now = time.monotonic() if now is None else now
+        deadline = now - self.scope_ttl_s
+        expired = []
+        with self._evict_lock:
+            try:
+                for span_id, (_, started) in self._chains.items():
+                    if started > deadline:
+                        break
+                    expired.append(span_id)
+            except RuntimeError:  # another thread changed the dict; next scan catches up
+                pass
+            for span_id in expired:
+                self._chains.pop(span_id, None)
+        if expired:
+            _log.warning("wflo-otel: evicted %d budget entries of spans that never ended", len(expired))
+        return len(expired)
+
     # -- internals -----------------------------------------------------------------
 
     def _on_start(self, span: Span, parent_context: Context | None) -> None:
         parent = trace.get_current_span(parent_context).get_span_context()
-        parent_chain = self._chains.get(parent.span_id) if parent.is_valid else None
+        parent_entry = self._chains.get(parent.span_id) if parent.is_valid else None
         attrs = span.attributes or {}
         span_id = span.context.span_id
         budget = _as_budget(attrs.get(A.WFLO_BUDGET_USD))
-        if parent_chain is None:
-            chain = (self._new_execution(span, attrs, budget),)
-            span.set_attribute(A.WFLO_EXECUTION_ROOT, True)
-        elif budget is not None:
-            name = attrs.get(A.GEN_AI_WORKFLOW_NAME) or span.name
-            scope = Scope(span_id, name, parent_chain[0].execution_id, budget, _on_exceed(attrs, parent_chain[-1].on_exceed))
-            chain = parent_chain + (scope,)
+        if parent_entry is not None:
+            parent_chain = parent_entry[0]
+            chain = parent_chain + (self._nested_scope(span, attrs, budget, parent_chain),) if budget is not None else parent_chain
         else:
-            chain = parent_chain
+            joined = self._joined_scope(span, parent, parent_context)
+            if joined is None:
+                chain = (self._new_execution(span, attrs, budget),)
+                span.set_attribute(A.WFLO_EXECUTION_ROOT, True)
+            elif budget is not None:
+                chain = (joined, self._nested_scope(span, attrs, budget, (joined,)))
+            else:
+                chain = (joined,)
         execution = chain[0]
         span.set_attribute(A.WFLO_EXECUTION_ID, execution.execution_id)
         span.set_attribute(A.WFLO_WORKFLOW_NAME, execution.name)
-        self._chains[span_id] = chain
+        self._chains[span_id] = (chain, time.monotonic())
+        self._starts += 1
+        if self._starts % _EVICT_EVERY == 0:
+            self.evict_expired()
+
+    def _nested_scope(self, span: Span, attrs, budget: float, parent_chain: Chain) -> Scope:
+        inner = parent_chain[-1]
+        return Scope(
+            span.context.span_id,
+            attrs.get(A.GEN_AI_WORKFLOW_NAME) or span.name,
+            parent_chain[0].execution_id,
+            budget,
+            _policy(attrs, A.WFLO_BUDGET_ON_EXCEED, _ON_EXCEED, inner.on_exceed),
+            _policy(attrs, A.WFLO_BUDGET_UNKNOWN_MODEL, _UNKNOWN_MODEL, inner.unknown_model),
+        )
+
+    def _joined_scope(self, span: Span, parent, parent_context: Context | None) -> Scope | None:
+        """The scope an upstream service sent as baggage, when this span continues its trace."""
+        if not (parent.is_valid and parent.is_remote):
+            return None
+        execution_id = baggage.get_baggage(BAGGAGE_EXECUTION_ID, parent_context)
+        if not execution_id:
+            return None
+        remaining = _as_budget(baggage.get_baggage(BAGGAGE_REMAINING_USD, parent_context))
+        name = baggage.get_baggage(BAGGAGE_WORKFLOW_NAME, parent_context) or span.name
+        return Scope(
+            span.context.span_id,
+            str(name),
+            str(execution_id),
+            remaining,
+            self.default_on_exceed,
+            self.default_unknown_model,
+        )
 
     def _new_execution(self, span: Span, attrs, budget: float | None) -> Scope:
         execution_id = attrs.get(A.WFLO_EXECUTION_ID)
@@ -263,7 +350,14 @@ class BudgetSpanProcessor(SpanProcessor):
             budget = self.default_budget_usd
             if budget is not None:
                 span.set_attribute(A.WFLO_BUDGET_USD, budget)
-        return Scope(span.context.span_id, name, str(execution_id), budget, _on_exceed(attrs, self.default_on_exceed))
+        return Scope(
+            span.context.span_id,
+            name,
+            str(execution_id),
+            budget,
+            _policy(attrs, A.WFLO_BUDGET_ON_EXCEED, _ON_EXCEED, self.default_on_exceed),
+            _policy(attrs, A.WFLO_BUDGET_UNKNOWN_MODEL, _UNKNOWN_MODEL, self.default_unknown_model),
+        )
 
     def _charge_foreign(self, chain: Chain, attrs) -> None:
         """Price and charge a span of another instrumentation that carries GenAI usage."""
@@ -293,9 +387,13 @@ def _as_budget(value) -> float | None:
     return budget if budget >= 0 else None
 
 
-def _on_exceed(attrs, default: str) -> str:
-    value = attrs.get(A.WFLO_BUDGET_ON_EXCEED)
-    return value if value in (ON_EXCEED_RAISE, ON_EXCEED_RECORD) else default
+_ON_EXCEED = (ON_EXCEED_RAISE, ON_EXCEED_RECORD)
+_UNKNOWN_MODEL = (UNKNOWN_MODEL_ALLOW, UNKNOWN_MODEL_REFUSE)
+
+
+def _policy(attrs, key: str, allowed: tuple[str, ...], default: str) -> str:
+    value = attrs.get(key)
+    return value if value in allowed else default
 
 
 def _int(value) -> int:
@@ -317,8 +415,3 @@ def set_active_processor(processor: BudgetSpanProcessor | None) -> None:
 
 def active_processor() -> BudgetSpanProcessor | None:
     return _active
-
-
-def chain_for_span(span_id: int) -> Iterable[Scope]:
-    processor = _active
-    return processor.chain_of(span_id) if processor is not None else ()

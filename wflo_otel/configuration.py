@@ -20,7 +20,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 
-from .budget import ON_EXCEED_RAISE, BudgetSpanProcessor, set_active_processor
+from .budget import (
+    DEFAULT_SCOPE_TTL_S,
+    ON_EXCEED_RAISE,
+    UNKNOWN_MODEL_ALLOW,
+    BudgetSpanProcessor,
+    set_active_processor,
+)
 from .pricing import PriceBook, default_pricebook, load_price_file
 
 _log = logging.getLogger(__name__)
@@ -140,6 +146,9 @@ def configure(
     batch: bool = True,
     default_budget_usd: float | None = None,
     on_exceed: str = ON_EXCEED_RAISE,
+    unknown_model: str = UNKNOWN_MODEL_ALLOW,
+    scope_ttl_s: float = DEFAULT_SCOPE_TTL_S,
+    propagate_budget: bool = True,
     prices_file: str | None = None,
     default_output_tokens: int | None = None,
     service_name: str | None = None,
@@ -150,6 +159,8 @@ def configure(
     ``exporter``: True for the SQL exporter on ``database_url`` (or ``$WFLO_DATABASE_URL``,
     default ``./wflo.db``), a ``SpanExporter`` of your own, or False for none (budgets only).
     ``batch=False`` exports each span as it ends (handy in scripts and tests).
+    ``propagate_budget`` installs the W3C baggage propagator that carries the budget
+    scope to downstream services (unless ``OTEL_PROPAGATORS`` is set).
     """
     global _handle
     with _lock:
@@ -159,6 +170,8 @@ def configure(
         budget = BudgetSpanProcessor(
             default_budget_usd=default_budget_usd if default_budget_usd is not None else _env_float(ENV_DEFAULT_BUDGET),
             default_on_exceed=on_exceed,
+            default_unknown_model=unknown_model,
+            scope_ttl_s=scope_ttl_s,
             pricebook=pricebook,
         )
         provider = _provider(tracer_provider, service_name)
@@ -170,11 +183,26 @@ def configure(
         # The budget processor first: it stamps attributes the exporter reads.
         slot.processors = (budget,) if span_processor is None else (budget, span_processor)
         set_active_processor(budget)
+        if propagate_budget:
+            _install_propagator()
         instrumentor = None
         if instrument_openai:
             instrumentor = _instrument_openai(provider, meter_provider, pricebook, budget, default_output_tokens)
         _handle = Handle(provider, budget, span_exporter, span_processor, pricebook, instrumentor, slot)
         return _handle
+
+
+def _install_propagator() -> None:
+    """tracecontext + wflo baggage, unless the user chose propagators explicitly."""
+    if os.environ.get("OTEL_PROPAGATORS"):
+        return
+    from opentelemetry import propagate
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from .propagation import WfloBaggagePropagator
+
+    propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator(), WfloBaggagePropagator()]))
 
 
 def _pricebook(prices_file: str | None) -> PriceBook:

@@ -20,7 +20,14 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import attributes as A
-from .budget import ON_EXCEED_RAISE, ON_EXCEED_RECORD, Scope, active_processor
+from .budget import (
+    ON_EXCEED_RAISE,
+    ON_EXCEED_RECORD,
+    UNKNOWN_MODEL_ALLOW,
+    UNKNOWN_MODEL_REFUSE,
+    Scope,
+    active_processor,
+)
 from .errors import BudgetExceededError, error_type
 
 _log = logging.getLogger(__name__)
@@ -141,6 +148,7 @@ class Workflow(_SpanBlock):
         execution_id: str | None = None,
         correlation_id: str | None = None,
         on_exceed: str = ON_EXCEED_RAISE,
+        unknown_model: str = UNKNOWN_MODEL_ALLOW,
         description: str | None = None,
     ) -> None:
         super().__init__()
@@ -150,12 +158,15 @@ class Workflow(_SpanBlock):
             raise ValueError(f"budget_usd must be a non-negative number, got {budget_usd!r}")
         if on_exceed not in (ON_EXCEED_RAISE, ON_EXCEED_RECORD):
             raise ValueError(f"on_exceed must be 'raise' or 'record', got {on_exceed!r}")
+        if unknown_model not in (UNKNOWN_MODEL_ALLOW, UNKNOWN_MODEL_REFUSE):
+            raise ValueError(f"unknown_model must be 'allow' or 'refuse', got {unknown_model!r}")
         self.name = name
         self.budget_usd = float(budget_usd) if budget_usd is not None else None
         self.inputs = dict(inputs) if inputs else {}
         self._given_execution_id = execution_id
         self._given_correlation_id = correlation_id
         self.on_exceed = on_exceed
+        self.unknown_model = unknown_model
         self.description = description
         self.execution_id: str | None = None
         self.correlation_id: str | None = None
@@ -182,6 +193,7 @@ class Workflow(_SpanBlock):
             execution_id=self._given_execution_id,
             correlation_id=self._given_correlation_id,
             on_exceed=self.on_exceed,
+            unknown_model=self.unknown_model,
             description=self.description,
         )
 
@@ -194,6 +206,7 @@ class Workflow(_SpanBlock):
             A.WFLO_EXECUTION_ID: self.execution_id,
             A.WFLO_CORRELATION_ID: self.correlation_id,
             A.WFLO_BUDGET_ON_EXCEED: self.on_exceed,
+            A.WFLO_BUDGET_UNKNOWN_MODEL: self.unknown_model,
             A.WFLO_STEP_KIND: "workflow",
         }
         if self.budget_usd is not None:
@@ -247,12 +260,14 @@ def workflow(
     execution_id: str | None = None,
     correlation_id: str | None = None,
     on_exceed: str = ON_EXCEED_RAISE,
+    unknown_model: str = UNKNOWN_MODEL_ALLOW,
     description: str | None = None,
 ) -> Workflow:
     """Open a workflow execution (``with``/``async with``) or decorate a function (sync or async).
 
     ``budget_usd`` caps what LLM calls inside may spend (see DESIGN.md, budget semantics);
-    ``on_exceed="record"`` never raises after a call, but still refuses calls that cannot fit.
+    ``on_exceed="record"`` never raises after a call, but still refuses calls that cannot fit;
+    ``unknown_model="refuse"`` refuses calls to models without a known price.
     """
     return Workflow(
         name,
@@ -261,6 +276,7 @@ def workflow(
         execution_id=execution_id,
         correlation_id=correlation_id,
         on_exceed=on_exceed,
+        unknown_model=unknown_model,
         description=description,
     )
 

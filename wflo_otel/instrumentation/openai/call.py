@@ -221,7 +221,7 @@ def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[
     if messages is not None and not isinstance(messages, (list, tuple)):
         kwargs["messages"] = list(messages)
     ceiling = output_ceiling(kwargs) or call.tel.default_output_tokens
-    amount = call.tel.pricebook.max_cost(call.model, estimate_input_tokens(kwargs), ceiling) or 0.0
+    amount = call.tel.pricebook.max_cost(call.model, estimate_input_tokens(kwargs), ceiling)  # None: unknown price
     try:
         call.reservation = processor.ledger.reserve(chain, amount)
     except BudgetExceededError as exc:

@@ -1,0 +1,102 @@
+"""``@track_llm_call``: price and budget-check calls to clients we do not patch.
+
+The decorated function (sync or async) is treated as one LLM call: its span is
+started and its worst-case cost reserved before it runs, exactly like an
+instrumented OpenAI call, and its return value — an OpenAI-shaped response or
+a plain dict with ``usage`` — is priced when it returns. It stacks with
+``@wflo_otel.step(...)`` in either order.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, TypeVar
+
+from opentelemetry import context, trace
+
+from .instrumentation.openai.call import LLMCall, Telemetry, begin
+from .instrumentation.openai.parsing import field, response_attributes, usage_from
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_cached: tuple[object, Telemetry] | None = None
+
+
+def _telemetry() -> Telemetry:
+    """Telemetry bound to the provider and prices configure() set up (cached per provider)."""
+    global _cached
+    from . import __version__
+    from .configuration import current_handle, tracer_provider
+    from .metrics import GenAIMetrics
+    from .pricing import default_pricebook
+
+    provider = tracer_provider()
+    cached = _cached
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    handle = current_handle()
+    tel = Telemetry(
+        tracer=trace.get_tracer("wflo_otel.track", __version__, tracer_provider=provider),
+        metrics=GenAIMetrics(),
+        pricebook=handle.pricebook if handle is not None else default_pricebook(),
+    )
+    _cached = (provider, tel)
+    return tel
+
+
+def _start(model: str | None, operation: str, signature: inspect.Signature, args, kwargs) -> LLMCall:
+    request = dict(signature.bind_partial(*args, **kwargs).arguments)
+    if model is not None:
+        request["model"] = model
+    return begin(_telemetry(), operation, None, request)
+
+
+def _finish(call: LLMCall, result: Any) -> Any:
+    call.finish(usage_from(field(result, "usage")), response_attributes(result))
+    return result
+
+
+def track_llm_call(model: str | None = None, *, operation: str = "chat") -> Callable[[F], F]:
+    """Decorate a function that calls an LLM and returns its response (or ``{"usage": ...}``).
+
+    ``model`` names the priced model; without it the function's own ``model`` argument
+    is used. ``max_tokens``/``max_completion_tokens``/``messages`` arguments, when the
+    function has them, feed the pre-call reservation as they do for OpenAI calls.
+    """
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args, **kwargs):
+                call = _start(model, operation, signature, args, kwargs)
+                token = context.attach(trace.set_span_in_context(call.span))
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    call.fail(exc)
+                    raise
+                finally:
+                    context.detach(token)
+                return _finish(call, result)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            call = _start(model, operation, signature, args, kwargs)
+            token = context.attach(trace.set_span_in_context(call.span))
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                call.fail(exc)
+                raise
+            finally:
+                context.detach(token)
+            return _finish(call, result)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
