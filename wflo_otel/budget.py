@@ -304,8 +304,7 @@ class BudgetSpanProcessor(SpanProcessor):
             else:
                 chain = (joined,)
         execution = chain[0]
-        span.set_attribute(A.WFLO_EXECUTION_ID, execution.execution_id)
-        span.set_attribute(A.WFLO_WORKFLOW_NAME, execution.name)
+        span.set_attributes({A.WFLO_EXECUTION_ID: execution.execution_id, A.WFLO_WORKFLOW_NAME: execution.name})
         self._chains[span_id] = (chain, time.monotonic())
         self._starts += 1
         if self._starts % _EVICT_EVERY == 0:

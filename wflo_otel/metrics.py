@@ -3,17 +3,31 @@
 ``gen_ai.client.token.usage`` and ``gen_ai.client.operation.duration`` follow the
 GenAI semantic conventions, bucket boundaries included; the ``wflo.*`` counters
 add what a cost dashboard needs: calls, tokens by type, USD, budget refusals.
+
+Why the counters are observable: every SDK measurement costs several
+microseconds (attribute cleaning, hashing, exemplar sampling), and a call would
+otherwise pay for nine of them. The counters are summed here in a dict (a
+fraction of a microsecond per call) and reported when a reader collects, so a
+call pays for three measurements: its duration and its two token counts.
 """
 
 from __future__ import annotations
 
+import threading
+from typing import Iterable
+
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from . import attributes as A
 
 # Semantic-convention advisory bucket boundaries.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+
+# Positions in a series' running totals.
+_CALLS_OK, _CALLS_ERROR, _INPUT, _OUTPUT, _CACHE_READ, _REASONING, _COST = range(7)
+_TOKEN_TYPES = (("input", _INPUT), ("output", _OUTPUT), ("cache_read", _CACHE_READ), ("reasoning", _REASONING))
 
 
 class GenAIMetrics:
@@ -23,6 +37,9 @@ class GenAIMetrics:
         from . import __version__
 
         meter = metrics.get_meter("wflo_otel", __version__, meter_provider=meter_provider)
+        self._lock = threading.Lock()
+        self._totals: dict[tuple, list[float]] = {}
+        self._budget_events: dict[tuple[str, str], int] = {}
         self.token_usage = meter.create_histogram(
             "gen_ai.client.token.usage",
             unit="{token}",
@@ -35,12 +52,23 @@ class GenAIMetrics:
             description="GenAI operation duration",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self.calls = meter.create_counter("wflo.llm.calls", unit="{call}", description="LLM calls by model and status")
-        self.tokens = meter.create_counter("wflo.llm.tokens", unit="{token}", description="Tokens by type")
-        self.cost = meter.create_counter("wflo.llm.cost", unit="USD", description="Cost of LLM calls in USD")
-        self.budget_events = meter.create_counter(
-            "wflo.budget.events", unit="{event}", description="Budget refusals (before sending) and overruns"
+        meter.create_observable_counter(
+            "wflo.llm.calls", [self._observe_calls], unit="{call}", description="LLM calls by model and status"
         )
+        meter.create_observable_counter(
+            "wflo.llm.tokens", [self._observe_tokens], unit="{token}", description="Tokens by type"
+        )
+        meter.create_observable_counter(
+            "wflo.llm.cost", [self._observe_cost], unit="USD", description="Cost of LLM calls in USD"
+        )
+        meter.create_observable_counter(
+            "wflo.budget.events",
+            [self._observe_budget_events],
+            unit="{event}",
+            description="Budget refusals (before sending) and overruns",
+        )
+
+    # -- the call path ---------------------------------------------------------------
 
     def record_call(
         self,
@@ -53,20 +81,59 @@ class GenAIMetrics:
         cost_usd: float | None,
         error_type: str | None,
     ) -> None:
-        self.duration.record(duration_s, attributes if error_type is None else {**attributes, A.ERROR_TYPE: error_type})
-        self.calls.add(1, {**attributes, "wflo.call.status": "error" if error_type else "ok"})
+        if error_type is None:
+            self.duration.record(duration_s, attributes)
+        else:
+            self.duration.record(duration_s, {**attributes, A.ERROR_TYPE: error_type})
         if input_tokens is not None:
             self.token_usage.record(input_tokens, {**attributes, A.GEN_AI_TOKEN_TYPE: "input"})
-            self.tokens.add(input_tokens, {**attributes, A.GEN_AI_TOKEN_TYPE: "input"})
         if output_tokens is not None:
             self.token_usage.record(output_tokens, {**attributes, A.GEN_AI_TOKEN_TYPE: "output"})
-            self.tokens.add(output_tokens, {**attributes, A.GEN_AI_TOKEN_TYPE: "output"})
-        if cache_read_tokens:
-            self.tokens.add(cache_read_tokens, {**attributes, A.GEN_AI_TOKEN_TYPE: "cache_read"})
-        if reasoning_tokens:
-            self.tokens.add(reasoning_tokens, {**attributes, A.GEN_AI_TOKEN_TYPE: "reasoning"})
-        if cost_usd:
-            self.cost.add(cost_usd, attributes)
+        key = tuple(attributes.items())
+        with self._lock:
+            totals = self._totals.get(key)
+            if totals is None:
+                totals = self._totals[key] = [0, 0, 0, 0, 0, 0, 0.0]
+            totals[_CALLS_ERROR if error_type else _CALLS_OK] += 1
+            totals[_INPUT] += input_tokens or 0
+            totals[_OUTPUT] += output_tokens or 0
+            totals[_CACHE_READ] += cache_read_tokens or 0
+            totals[_REASONING] += reasoning_tokens or 0
+            totals[_COST] += cost_usd or 0.0
 
     def record_budget_event(self, workflow: str, kind: str) -> None:
-        self.budget_events.add(1, {A.GEN_AI_WORKFLOW_NAME: workflow, "wflo.budget.event": kind})
+        with self._lock:
+            key = (workflow, kind)
+            self._budget_events[key] = self._budget_events.get(key, 0) + 1
+
+    # -- collection -----------------------------------------------------------------
+
+    def _snapshot(self) -> list[tuple[tuple, list[float]]]:
+        with self._lock:
+            return [(key, list(totals)) for key, totals in self._totals.items()]
+
+    def _observe_calls(self, options: CallbackOptions) -> Iterable[Observation]:
+        for key, totals in self._snapshot():
+            attrs = dict(key)
+            if totals[_CALLS_OK]:
+                yield Observation(totals[_CALLS_OK], {**attrs, "wflo.call.status": "ok"})
+            if totals[_CALLS_ERROR]:
+                yield Observation(totals[_CALLS_ERROR], {**attrs, "wflo.call.status": "error"})
+
+    def _observe_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
+        for key, totals in self._snapshot():
+            attrs = dict(key)
+            for token_type, index in _TOKEN_TYPES:
+                if totals[index]:
+                    yield Observation(totals[index], {**attrs, A.GEN_AI_TOKEN_TYPE: token_type})
+
+    def _observe_cost(self, options: CallbackOptions) -> Iterable[Observation]:
+        for key, totals in self._snapshot():
+            if totals[_COST]:
+                yield Observation(totals[_COST], dict(key))
+
+    def _observe_budget_events(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            events = list(self._budget_events.items())
+        for (workflow, kind), count in events:
+            yield Observation(count, {A.GEN_AI_WORKFLOW_NAME: workflow, "wflo.budget.event": kind})
