@@ -29,6 +29,10 @@ class LoopThread:
                 self._loop, self._thread = loop, thread
             return self._loop
 
+    def start(self) -> None:
+        """Start the thread now (a thread cannot be started while the interpreter exits)."""
+        self._ensure()
+
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
         future = asyncio.run_coroutine_threadsafe(coro, self._ensure())
         try:

@@ -67,11 +67,11 @@ def _map_one(record: SpanRecord, batch: RowBatch, pricebook) -> None:
     if is_root:
         batch.definitions[workflow_name] = _definition_row(workflow_name, attrs, record)
         batch.executions[execution_id] = _root_execution_row(record, execution_id, workflow_name, service_name)
-    else:
-        batch.definitions.setdefault(workflow_name, _definition_row(workflow_name, {}, record))
-        batch.executions.setdefault(
-            execution_id, _placeholder_execution_row(record, execution_id, workflow_name, service_name)
-        )
+    else:  # build placeholder rows only the first time a batch sees them
+        if workflow_name not in batch.definitions:
+            batch.definitions[workflow_name] = _definition_row(workflow_name, {}, record)
+        if execution_id not in batch.executions:
+            batch.executions[execution_id] = _placeholder_execution_row(record, execution_id, workflow_name, service_name)
 
 
 def _workflow_name(record: SpanRecord, is_root: bool, service_name: Any) -> str:
@@ -144,10 +144,14 @@ def _step_kind(attrs: Mapping[str, Any], is_root: bool) -> str:
     if kind in _STEP_KINDS:
         return kind
     operation = attrs.get(A.GEN_AI_OPERATION_NAME)
-    if operation == A.OPERATION_INVOKE_WORKFLOW or is_root:
+    if operation == A.OPERATION_INVOKE_WORKFLOW:
         return "workflow"
+    # Before the root check: a bare LLM call with no workflow around it (zero-code runs)
+    # is its own root, and must still be a priced step counted in the execution totals.
     if operation in LLM_OPERATIONS or A.GEN_AI_USAGE_INPUT_TOKENS in attrs or A.LEGACY_USAGE_PROMPT_TOKENS in attrs:
         return "llm"
+    if is_root:
+        return "workflow"
     if operation == "execute_tool":
         return "tool"
     return "other"

@@ -42,10 +42,11 @@ def record_from_readable_span(span: ReadableSpan) -> SpanRecord:
         status_message=span.status.description,
         start_ns=span.start_time or 0,
         end_ns=span.end_time,
-        attributes=dict(span.attributes or {}),
+        # A finished span's attributes and its resource are immutable: no copies.
+        attributes=span.attributes or {},
         events=[
             {"name": e.name, "time_unix_nano": e.timestamp, "attributes": dict(e.attributes or {})}
             for e in span.events
         ],
-        resource=dict(span.resource.attributes) if span.resource is not None else {},
+        resource=span.resource.attributes if span.resource is not None else {},
     )

@@ -89,3 +89,38 @@ step_executions = sa.Table(
     sa.Index("ix_step_executions_started_at", "started_at"),
     sa.Index("ix_step_executions_kind_model", "kind", "response_model"),
 )
+
+# Indexes of revision 0002 (partial/covering ones, declared here so the Core tables
+# equal the migrated schema).
+STEP_DURATION = "duration_ms IS NOT NULL AND kind <> 'workflow'"
+# On status only: a predicate on the totals would make every totals update a non-HOT update.
+PROBLEM = "status IN ('BUDGET_EXCEEDED', 'FAILED')"
+
+sa.Index(
+    "ix_step_executions_llm_usage",
+    step_executions.c.started_at,
+    step_executions.c.response_model,
+    step_executions.c.request_model,
+    postgresql_include=["input_tokens", "cache_read_tokens", "output_tokens", "reasoning_tokens", "cost_usd"],
+    postgresql_where=sa.text("kind = 'llm'"),
+    sqlite_where=sa.text("kind = 'llm'"),
+)
+sa.Index(
+    "ix_step_executions_cost_usd",
+    step_executions.c.cost_usd,
+    postgresql_where=sa.text("cost_usd IS NOT NULL"),
+    sqlite_where=sa.text("cost_usd IS NOT NULL"),
+)
+sa.Index(
+    "ix_step_executions_duration_ms",
+    step_executions.c.duration_ms,
+    postgresql_where=sa.text(STEP_DURATION),
+    sqlite_where=sa.text(STEP_DURATION),
+)
+sa.Index(
+    "ix_workflow_executions_problems",
+    workflow_executions.c.started_at,
+    postgresql_where=sa.text(PROBLEM),
+    sqlite_where=sa.text(PROBLEM),
+)
+

@@ -2,29 +2,53 @@
 
 Plug it into any ``BatchSpanProcessor`` (``configure()`` does), or select it with
 ``OTEL_TRACES_EXPORTER=wflo``. Each batch is mapped (``mapping``) and written in
-one transaction (``store``); a database that is unreachable is retried with
-backoff before the batch is reported as failed — loudly, in the log.
+one transaction (``store``), idempotently.
+
+Delivery. A failed write is retried at once (a connection the server cut is
+replaced) and then with a short backoff. If the database still does not answer,
+the batch goes to a durable local spool (``spool``) and the exporter stops
+calling the database for every batch: it spools them while a background thread
+probes with exponential backoff; when the database answers again, the spooled
+batches are replayed oldest first (also when a new exporter for the same database
+starts). ``export`` therefore never blocks the SDK's worker for long, which would
+make the ``BatchSpanProcessor`` drop spans. A batch the database refuses for good
+(a data error) is kept in the spool's ``failed/`` folder and logged.
+
+Shutdown. ``shutdown()`` writes or spools what it is given and tries to replay the
+spool within its timeout. A process that receives SIGTERM normally dies without
+running ``atexit`` hooks — where the SDK's ``TracerProvider`` flushes its batch
+processors — so, unless the application already handles SIGTERM (or
+``WFLO_HANDLE_SIGTERM=0`` / ``handle_sigterm=False``), the exporter installs a
+handler that raises ``SystemExit`` in the main thread: ``finally`` blocks and
+``atexit`` hooks run, queued spans are flushed or spooled, and the exit status is
+still 143 (128 + SIGTERM). A second SIGTERM kills at once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
+from pathlib import Path
 from typing import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from sqlalchemy.engine import make_url
 
-from .mapping import map_records
-from .records import record_from_readable_span
-from .store import DEFAULT_DATABASE_URL, SpanStore
 from ._loop import LoopThread
+from .mapping import RowBatch, map_records
+from .records import record_from_readable_span
+from .spool import Spool, SpoolFull
+from .store import DEFAULT_DATABASE_URL, SpanStore, is_transient
 
 _log = logging.getLogger(__name__)
 
 DATABASE_URL_ENV = "WFLO_DATABASE_URL"
+HANDLE_SIGTERM_ENV = "WFLO_HANDLE_SIGTERM"
+_MAX_PROBE_DELAY_S = 10.0
 
 
 class SQLSpanExporter(SpanExporter):
@@ -33,6 +57,12 @@ class SQLSpanExporter(SpanExporter):
     ``database_url`` defaults to ``$WFLO_DATABASE_URL`` or ``sqlite+aiosqlite:///./wflo.db``.
     With ``auto_migrate`` (default) the schema is brought to the latest revision on first
     use, so the embedded default works with no set-up step.
+
+    ``retries``/``backoff_s``: attempts after the first failed write of a batch (the
+    first one immediately, then ``backoff_s`` doubling) before it is spooled.
+    ``spool_dir``: ``None`` for ``$WFLO_SPOOL_DIR`` or ``~/.cache/wflo-otel/spool``,
+    ``False`` for no spool (a batch that cannot be written is then lost, loudly).
+    ``spool_max_mb``: default ``$WFLO_SPOOL_MAX_MB`` or 256.
     """
 
     def __init__(
@@ -41,82 +71,391 @@ class SQLSpanExporter(SpanExporter):
         *,
         auto_migrate: bool = True,
         pricebook=None,
-        retries: int = 5,
-        backoff_s: float = 0.5,
+        retries: int = 3,
+        backoff_s: float = 0.1,
         timeout_s: float = 30.0,
+        spool_dir: str | Path | None | bool = None,
+        spool_max_mb: float | None = None,
+        handle_sigterm: bool | None = None,
+        store: SpanStore | None = None,
     ) -> None:
         self.database_url = database_url or os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
-        self._store = SpanStore(self.database_url)
+        self._store = store or SpanStore(self.database_url)
+        self._safe_url = make_url(self._store.url).render_as_string(hide_password=True)
         self._auto_migrate = auto_migrate
         self._migrated = False
+        self._migrate_lock = threading.Lock()
         self._pricebook = pricebook
         self._retries = retries
         self._backoff_s = backoff_s
         self._timeout_s = timeout_s
         self._loop = LoopThread()
-        self._lock = threading.Lock()  # one batch at a time: SQLite has one writer anyway
+        self._loop.start()  # now, not lazily: no new threads can start during interpreter exit (3.12+)
+
+        self._spool: Spool | None = None
+        if spool_dir is not False:
+            root = None if spool_dir in (None, True) else spool_dir
+            max_bytes = int(spool_max_mb * 1024 * 1024) if spool_max_mb is not None else None
+            self._spool = Spool.for_database(self._store.url, root, max_bytes, label=self._safe_url)
+
+        self._state = threading.Condition()
+        self._down = False
+        self._down_since = 0.0
+        self._next_probe = 0.0
+        self._probe_delay = 0.0
+        self._inflight = 0
         self._shutdown = False
-        self.exported_spans = 0
+        self._spool_dirty = bool(self._spool and self._spool.pending())
+        self._stop_replay = threading.Event()
+        self._wake = threading.Event()
+        self._replayer: threading.Thread | None = None
+
+        self.exported_spans = 0  # written to the database by export()
+        self.spooled_spans = 0
+        self.replayed_spans = 0
+        self.lost_spans = 0  # refused by a full spool, or no spool
+        self.failed_spans = 0  # refused by the database for good (kept in failed/)
+
+        if handle_sigterm is None:
+            handle_sigterm = os.environ.get(HANDLE_SIGTERM_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        if handle_sigterm:
+            install_sigterm_handler()
+        if self._spool_dirty:
+            _log.warning(
+                "wflo-otel: %d spooled batches for %s found in %s; replaying them in the background",
+                len(self._spool.pending()),
+                self._safe_url,
+                self._spool.directory,
+            )
+            self._ensure_replayer()
+
+    # ----------------------------------------------------------------- public
 
     @property
     def store(self) -> SpanStore:
         return self._store
+
+    @property
+    def spool(self) -> Spool | None:
+        return self._spool
+
+    @property
+    def database_down(self) -> bool:
+        return self._down
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
             _log.warning("wflo-otel: export called after shutdown; %d spans not written", len(spans))
             return SpanExportResult.FAILURE
         batch = map_records((record_from_readable_span(s) for s in spans), self._pricebook or _default_pricebook())
-        with self._lock:
-            for attempt in range(self._retries + 1):
-                try:
-                    self._loop.run(self._write(batch), self._timeout_s)
-                    self.exported_spans += len(spans)
-                    return SpanExportResult.SUCCESS
-                except Exception as exc:
-                    if attempt == self._retries:
-                        _log.error(
-                            "wflo-otel: could not write %d spans to %s after %d attempts: %s",
-                            len(spans),
-                            self._store.engine.url.render_as_string(hide_password=True),
-                            attempt + 1,
-                            exc,
-                        )
-                        return SpanExportResult.FAILURE
-                    delay = self._backoff_s * (2**attempt)
-                    _log.warning("wflo-otel: write failed (%s); retrying in %.1fs", exc, delay)
-                    time.sleep(delay)
-        return SpanExportResult.FAILURE  # pragma: no cover
-
-    async def _write(self, batch) -> None:
-        if self._auto_migrate and not self._migrated:
-            await self._store.migrate()
-            self._migrated = True
-        await self._store.write(batch)
+        if not batch.steps and not batch.executions:
+            return SpanExportResult.SUCCESS
+        with self._state:
+            self._inflight += 1
+        try:
+            return self._deliver(batch, len(spans))
+        finally:
+            with self._state:
+                self._inflight -= 1
+                self._state.notify_all()
 
     def migrate(self) -> None:
         """Create or upgrade the schema now (otherwise done on the first export)."""
-        with self._lock:
+        with self._migrate_lock:
             self._loop.run(self._store.migrate(), self._timeout_s)
             self._migrated = True
 
-    def shutdown(self) -> None:
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """``export`` commits before it returns; this replays the spool if the database is up.
+
+        True when nothing is left in the spool.
+        """
+        if not self._spool_dirty or self._spool is None:
+            return True
+        deadline = time.monotonic() + timeout_millis / 1000
+        return self._wait_for_replay(deadline)
+
+    def shutdown(self, timeout_millis: int = 30000) -> None:
         if self._shutdown:
             return
         self._shutdown = True
-        with self._lock:
-            try:
-                self._loop.run(self._store.dispose(), 10)
-            except Exception:
-                _log.debug("wflo-otel: dispose failed", exc_info=True)
-            self._loop.stop()
+        deadline = time.monotonic() + timeout_millis / 1000
+        with self._state:  # exports already running finish first
+            while self._inflight and time.monotonic() < deadline:
+                self._state.wait(deadline - time.monotonic())
+        if self._spool_dirty and self._spool is not None and not self._down:
+            self._wait_for_replay(min(deadline, time.monotonic() + 10))
+        self._stop_replay.set()
+        self._wake.set()
+        if self._replayer is not None and self._replayer is not threading.current_thread():
+            self._replayer.join(max(0.1, min(5.0, deadline - time.monotonic())))
+        if self._spool is not None and self._spool.pending():
+            _log.warning(
+                "wflo-otel: %d batches stay spooled in %s; they are replayed when an exporter for %s starts",
+                len(self._spool.pending()),
+                self._spool.directory,
+                self._safe_url,
+            )
+        try:
+            self._loop.run(self._store.dispose(), 10)
+        except Exception:
+            _log.debug("wflo-otel: dispose failed", exc_info=True)
+        self._loop.stop()
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        # export() is synchronous: once it returns, the batch is committed.
-        return True
+    def stats(self) -> dict[str, int]:
+        return {
+            "exported_spans": self.exported_spans,
+            "spooled_spans": self.spooled_spans,
+            "replayed_spans": self.replayed_spans,
+            "lost_spans": self.lost_spans,
+            "failed_spans": self.failed_spans,
+            "spooled_batches": len(self._spool.pending()) if self._spool else 0,
+        }
+
+    # ----------------------------------------------------------------- delivery
+
+    def _deliver(self, batch: RowBatch, spans: int) -> SpanExportResult:
+        if self._circuit_open():
+            return self._spill(batch, spans)
+        error = self._write_with_retries(batch)
+        if error is None:
+            self._mark_up()
+            with self._state:
+                self.exported_spans += spans
+            if self._spool_dirty:
+                self._ensure_replayer()
+                self._wake.set()
+            return SpanExportResult.SUCCESS
+        if not is_transient(error):
+            return self._keep_failed(batch, spans, error)
+        self._mark_down(error)
+        return self._spill(batch, spans)
+
+    def _write_with_retries(self, batch: RowBatch) -> BaseException | None:
+        for attempt in range(self._retries + 1):
+            try:
+                self._write(batch)
+                return None
+            except Exception as exc:
+                if attempt == self._retries or not is_transient(exc) or self._circuit_open():
+                    return exc
+                # The first retry is immediate: a connection the server cut is replaced by the pool.
+                delay = 0.0 if attempt == 0 else self._backoff_s * (2 ** (attempt - 1))
+                _log.info("wflo-otel: write to %s failed (%s); retry %d in %.2fs", self._safe_url, _brief(exc), attempt + 1, delay)
+                if delay:
+                    time.sleep(delay)
+        return None  # pragma: no cover
+
+    def _write(self, batch: RowBatch) -> None:
+        self._ensure_schema()
+        self._loop.run(self._store.write(batch), self._timeout_s)
+
+    def _ensure_schema(self) -> None:
+        if self._migrated or not self._auto_migrate:
+            return
+        with self._migrate_lock:
+            if not self._migrated:
+                self._loop.run(self._store.migrate(), self._timeout_s)
+                self._migrated = True
+
+    def _spill(self, batch: RowBatch, spans: int) -> SpanExportResult:
+        if self._spool is None:
+            with self._state:
+                self.lost_spans += spans
+            _log.error("wflo-otel: %s is unreachable and no spool is configured: %d spans lost", self._safe_url, spans)
+            return SpanExportResult.FAILURE
+        try:
+            self._spool.append(batch, spans)
+        except SpoolFull:
+            with self._state:
+                self.lost_spans += spans
+            return SpanExportResult.FAILURE
+        except OSError as exc:
+            with self._state:
+                self.lost_spans += spans
+            _log.error("wflo-otel: could not spool %d spans to %s (%s): they are lost", spans, self._spool.directory, exc)
+            return SpanExportResult.FAILURE
+        with self._state:
+            self.spooled_spans += spans
+            self._spool_dirty = True
+        self._ensure_replayer()
+        return SpanExportResult.SUCCESS
+
+    def _keep_failed(self, batch: RowBatch, spans: int, error: BaseException) -> SpanExportResult:
+        with self._state:
+            self.failed_spans += spans
+        reason = _brief(error)
+        if self._spool is None:
+            _log.error("wflo-otel: %s refused %d spans: %s", self._safe_url, spans, reason)
+            return SpanExportResult.FAILURE
+        try:
+            self._spool.quarantine_batch(batch, reason, spans)
+        except OSError as exc:
+            _log.error("wflo-otel: %s refused %d spans (%s) and they could not be kept: %s", self._safe_url, spans, reason, exc)
+        return SpanExportResult.FAILURE
+
+    # ----------------------------------------------------------------- the circuit
+
+    def _circuit_open(self) -> bool:
+        """Down, and not yet time for the next probe: do not call the database."""
+        return self._down and time.monotonic() < self._next_probe
+
+    def _mark_down(self, error: BaseException) -> None:
+        with self._state:
+            first = not self._down
+            self._down = True
+            if first:
+                self._down_since = time.monotonic()
+                self._probe_delay = 0.25
+            else:
+                self._probe_delay = min(_MAX_PROBE_DELAY_S, max(0.25, self._probe_delay * 2))
+            self._next_probe = time.monotonic() + self._probe_delay
+        if first:
+            _log.error(
+                "wflo-otel: database %s is unreachable (%s); spooling batches to %s and retrying with backoff",
+                self._safe_url,
+                _brief(error),
+                self._spool.directory if self._spool else "(no spool: spans are lost)",
+            )
+        self._ensure_replayer()
+
+    def _mark_up(self) -> None:
+        if not self._down:
+            return
+        with self._state:
+            if not self._down:
+                return
+            self._down = False
+            down_for = time.monotonic() - self._down_since
+            self._probe_delay = 0.0
+        _log.warning("wflo-otel: database %s is back after %.1fs", self._safe_url, down_for)
+        self._wake.set()
+
+    # ----------------------------------------------------------------- replay
+
+    def _ensure_replayer(self) -> None:
+        if self._spool is None or self._stop_replay.is_set():
+            return
+        if self._replayer is not None and self._replayer.is_alive():
+            return
+        with self._state:
+            if self._replayer is not None and self._replayer.is_alive():
+                return
+            thread = threading.Thread(target=self._replay_loop, name="wflo-otel-spool-replay", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # interpreter shutting down: the spool is replayed on the next start
+                return
+            self._replayer = thread
+
+    def _replay_loop(self) -> None:
+        while not self._stop_replay.is_set():
+            try:
+                delay = self._replay_pass()
+            except Exception:  # never let the thread die silently
+                _log.exception("wflo-otel: spool replay failed")
+                delay = 1.0
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def _replay_pass(self) -> float | None:
+        """Replay what is spooled; the seconds until the next try, or None to wait for a wake-up."""
+        spool = self._spool
+        assert spool is not None
+        if not spool.pending():
+            if not self._down:
+                with self._state:
+                    self._spool_dirty = False
+                    self._state.notify_all()
+                return None
+        if self._down:
+            wait = self._next_probe - time.monotonic()
+            if wait > 0:
+                return wait
+            try:
+                self._ensure_schema()
+                self._loop.run(self._store.ping(), min(self._timeout_s, 10))
+            except Exception as exc:
+                self._mark_down(exc)
+                return max(0.01, self._next_probe - time.monotonic())
+            self._mark_up()
+        with spool.replay_lock() as ours:
+            if not ours:  # another process replays this folder
+                return 2.0
+            for path in spool.pending():
+                if self._stop_replay.is_set():
+                    return None
+                try:
+                    batch = spool.read(path)
+                except FileNotFoundError:
+                    continue
+                except Exception as exc:
+                    spool.quarantine(path, f"unreadable: {exc}")
+                    continue
+                try:
+                    self._write(batch)
+                except Exception as exc:
+                    if is_transient(exc):
+                        self._mark_down(exc)
+                        return max(0.01, self._next_probe - time.monotonic())
+                    spool.quarantine(path, _brief(exc))
+                    continue
+                spool.remove(path)
+                with self._state:
+                    self.replayed_spans += len(batch)
+        if spool.pending():
+            return 0.0
+        with self._state:
+            self._spool_dirty = False
+            self._state.notify_all()
+        _log.info("wflo-otel: spool for %s replayed", self._safe_url)
+        return None
+
+    def _wait_for_replay(self, deadline: float) -> bool:
+        self._ensure_replayer()
+        self._wake.set()
+        with self._state:
+            while self._spool_dirty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._replayer is None or not self._replayer.is_alive():
+                    break
+                if self._down and self._next_probe > deadline:
+                    break
+                self._state.wait(min(remaining, 0.05))
+                self._wake.set()
+            return not self._spool_dirty
+
+
+def install_sigterm_handler() -> bool:
+    """Turn SIGTERM into ``SystemExit`` so ``atexit`` hooks (span flushing) run.
+
+    Only from the main thread and only when SIGTERM still has its default action
+    (an application or framework that handles SIGTERM itself is left alone).
+    Returns whether the handler was installed.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        return False
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return False
+        signal.signal(signal.SIGTERM, _sigterm_to_system_exit)
+    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        return False
+    return True
+
+
+def _sigterm_to_system_exit(signum, _frame) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise SystemExit(128 + signum)
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
 def _default_pricebook():
     from wflo_otel.pricing import default_pricebook
 
     return default_pricebook()
+

@@ -2,18 +2,41 @@
 
 Idempotent by construction: steps are inserted with ``ON CONFLICT DO NOTHING`` on
 their span id, and execution totals are *recomputed* from the step rows of every
-execution the batch touched, so a duplicate delivery changes nothing. On
-PostgreSQL the execution rows are upserted first, which locks them, so two
-writers racing on one execution serialise and the later one sums both.
+execution the batch touched, so a duplicate delivery changes nothing.
+
+Concurrency. On PostgreSQL every execution row the batch touches is upserted
+*first*, in id order, with ``ON CONFLICT DO UPDATE ... WHERE`` (which locks the
+existing row even when the WHERE is false): two writers racing on one execution
+serialise there, and the later one's next statements see the earlier one's
+committed steps, so the recomputed totals count both. Rows are always written in
+key order (definitions, executions, steps), so writers cannot deadlock each
+other; a deadlock or serialization failure (SQLSTATE 40P01/40001) caused by
+anything else is retried. On SQLite each batch runs under ``BEGIN IMMEDIATE`` (one
+writer at a time, others wait up to the busy timeout), in WAL mode.
+
+Speed. The rows are written through the driver connection of the SQLAlchemy pool
+with statements prepared once: on PostgreSQL one ``INSERT ... SELECT FROM
+unnest($1::text[], ...)`` per table (one round trip for the whole batch, whatever
+its size; see ``bench/export.py`` for the COPY comparison), on SQLite
+``executemany``. Values are converted to what each driver stores exactly as
+SQLAlchemy would (JSON text; SQLite timestamps in SQLAlchemy's storage format), so
+the Core tables in ``schema.py`` read them back unchanged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import json
 import logging
-from typing import Any
+import math
+import random
+import weakref
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .mapping import RowBatch
@@ -22,8 +45,10 @@ from .schema import step_executions, workflow_definitions, workflow_executions
 _log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./wflo.db"
-# Rows per INSERT statement: keeps bind parameters under SQLite's 32,766 limit.
+# Rows per statement on SQLite (executemany has no limit; the IN-lists do).
 _CHUNK = 500
+# SQLSTATEs worth running the same transaction again for.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 
 
 def normalize_url(url: str) -> str:
@@ -36,13 +61,37 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 5,
+    connect_timeout_s: float = 10.0,
+    command_timeout_s: float | None = 60.0,
+) -> AsyncEngine:
+    """An async engine with wflo-otel's settings.
+
+    SQLite: WAL, ``synchronous=NORMAL``, foreign keys on, a 30 s busy timeout.
+    PostgreSQL (asyncpg): a pool of ``pool_size`` (+ ``max_overflow``) connections,
+    pinged on checkout (a connection the server dropped is replaced, not used), a
+    connect timeout so a database that went away fails fast instead of hanging.
+    """
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {"timeout": connect_timeout_s}
+    if command_timeout_s:
+        connect_args["command_timeout"] = command_timeout_s
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        pool_recycle=3600,
+        connect_args=connect_args,
+    )
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -54,22 +103,438 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _insert(dialect: str):
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+# --------------------------------------------------------------------------- values
 
 
-def _chunks(rows: list[dict[str, Any]]):
-    for i in range(0, len(rows), _CHUNK):
-        yield rows[i : i + _CHUNK]
+_encode_json = json.JSONEncoder(allow_nan=False, default=str).encode
+_encode_json_lenient = json.JSONEncoder(default=str).encode
+
+
+def _json_text(value: Any) -> str | None:
+    """JSON text both engines accept (PostgreSQL's jsonb refuses NaN and \\u0000)."""
+    if value is None:
+        return None
+    try:
+        text = _encode_json(value)
+    except ValueError:  # NaN / Infinity somewhere
+        text = _encode_json_lenient(_json_clean(value))
+    if "\\u0000" in text:
+        text = _encode_json_lenient(_json_clean(value))
+    return text
+
+
+def _json_clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {str(k).replace("\x00", ""): _json_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_clean(v) for v in value]
+    return value
+
+
+def _sqlite_timestamp(value: datetime | None) -> str | None:
+    # SQLAlchemy's SQLite DATETIME storage format (UTC wall time: every timestamp we write is UTC).
+    if value is None:
+        return None
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
+
+
+def _text(length: int | None) -> Callable[[Any], Any]:
+    limit = length if length is not None else 1 << 62
+
+    def convert(value: Any) -> Any:
+        if value is None:
+            return None
+        if value.__class__ is str and len(value) <= limit and "\x00" not in value:
+            return value
+        if not isinstance(value, str):
+            value = str(value)
+        if "\x00" in value:  # PostgreSQL text cannot hold NUL
+            value = value.replace("\x00", "")
+        if length is not None and len(value) > length:
+            value = value[:length]
+        return value
+
+    return convert
+
+
+def _number(kind: type) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if value is None or isinstance(value, kind):
+            return value
+        try:
+            return kind(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+
+    return convert
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    pg_type: str  # element type of the unnest() array
+    pg_cast: str | None  # cast applied in the SELECT list (jsonb arrives as text)
+    convert: Callable[[Any], Any]
+    sqlite_convert: Callable[[Any], Any]
+
+
+def _columns(table: sa.Table) -> tuple[_Column, ...]:
+    columns = []
+    for column in table.columns:
+        t = column.type
+        if isinstance(t, sa.JSON):
+            columns.append(_Column(column.name, "text", "jsonb", _json_text, _json_text))
+        elif isinstance(t, sa.DateTime):
+            columns.append(_Column(column.name, "timestamptz", None, _identity, _sqlite_timestamp))
+        elif isinstance(t, sa.BigInteger):
+            columns.append(_Column(column.name, "int8", None, _number(int), _number(int)))
+        elif isinstance(t, sa.Integer):
+            columns.append(_Column(column.name, "int4", None, _number(int), _number(int)))
+        elif isinstance(t, (sa.Float, sa.Double)):
+            columns.append(_Column(column.name, "float8", None, _number(float), _number(float)))
+        elif isinstance(t, (sa.String, sa.Text)):
+            convert = _text(getattr(t, "length", None))
+            columns.append(_Column(column.name, "text", None, convert, convert))
+        else:  # pragma: no cover - the schema has no other types
+            raise TypeError(f"unsupported column type {t!r} for {table.name}.{column.name}")
+    return tuple(columns)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+# Columns the writers fill (totals are computed in SQL, never taken from a row).
+_TOTALS = ("cost_total_usd", "input_tokens", "output_tokens", "llm_calls")
+DEF_COLUMNS = _columns(workflow_definitions)
+EXEC_COLUMNS = tuple(c for c in _columns(workflow_executions) if c.name not in _TOTALS)
+STEP_COLUMNS = _columns(step_executions)
+
+# What a newer row of an execution overwrites: the root span's view is authoritative,
+# a child's placeholder (status RUNNING) never overwrites anything.
+_EXEC_UPDATE = (
+    "workflow_id",
+    "status",
+    "inputs",
+    "error",
+    "budget_usd",
+    "trace_id",
+    "correlation_id",
+    "started_at",
+    "ended_at",
+)
+
+
+def _exec_update_sql(excluded: str = "excluded") -> str:
+    sets = [f"{c} = {excluded}.{c}" for c in _EXEC_UPDATE]
+    sets.append(f"service_name = COALESCE({excluded}.service_name, workflow_executions.service_name)")
+    return ", ".join(sets)
+
+
+# Definitions: insert if new; a changed budget policy is updated by a separate UPDATE that
+# locks only the rows it changes (writers of one workflow must not queue on its definition).
+_DEF_CONFLICT = "ON CONFLICT (id) DO NOTHING"
+# DO UPDATE ... WHERE locks every conflicting row, updated or not (see the module doc).
+_EXEC_CONFLICT = f"ON CONFLICT (id) DO UPDATE SET {_exec_update_sql()} WHERE excluded.status <> 'RUNNING'"
+_STEP_CONFLICT = "ON CONFLICT (id) DO NOTHING"
+
+# Totals from step rows. A call refused by the budget was never sent: it is a step, not an
+# LLM call. The kind test is inside the aggregates so the only indexable predicate is the
+# execution id (a planner with stale statistics cannot pick the kind index instead).
+_LLM = "s.kind = 'llm'"
+_TOTALS_COLUMNS = (
+    f"COALESCE(SUM(CASE WHEN {_LLM} THEN s.cost_usd END), 0), "
+    f"COALESCE(SUM(CASE WHEN {_LLM} THEN s.input_tokens END), 0), "
+    f"COALESCE(SUM(CASE WHEN {_LLM} THEN s.output_tokens END), 0), "
+    f"COUNT(CASE WHEN {_LLM} AND COALESCE(s.error_type, '') <> 'BudgetExceededError' THEN 1 END)"
+)
+
+
+def _compile_rows(columns: Sequence[_Column], sqlite: bool) -> Callable[[Sequence[dict]], list[tuple]]:
+    """A function turning row dicts into driver tuples, generated once per table and engine.
+
+    Straight-line code (one call per converted column, plain ``get`` otherwise) costs a
+    third of a generic per-column loop, and this runs for every span.
+    """
+    namespace: dict[str, Any] = {}
+    items = []
+    for i, column in enumerate(columns):
+        convert = column.sqlite_convert if sqlite else column.convert
+        if convert is _identity:
+            items.append(f"g({column.name!r})")
+        else:
+            namespace[f"c{i}"] = convert
+            items.append(f"c{i}(g({column.name!r}))")
+    source = (
+        "def rows(dicts):\n"
+        "    out = []\n"
+        "    append = out.append\n"
+        "    for d in dicts:\n"
+        "        g = d.get\n"
+        f"        append(({', '.join(items)},))\n"
+        "    return out\n"
+    )
+    exec(compile(source, f"<wflo-otel rows {'sqlite' if sqlite else 'postgresql'}>", "exec"), namespace)
+    return namespace["rows"]
+
+
+_ROWS: dict[tuple[int, bool], Callable[[Sequence[dict]], list[tuple]]] = {}
+
+
+def _rows(rows: Sequence[dict[str, Any]], columns: Sequence[_Column], sqlite: bool) -> list[tuple]:
+    key = (id(columns), sqlite)
+    convert = _ROWS.get(key)
+    if convert is None:
+        convert = _ROWS[key] = _compile_rows(columns, sqlite)
+    return convert(rows)
+
+
+def _sorted(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rows[key] for key in sorted(rows)]
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_insert_sql(table: str, columns: Sequence[_Column], conflict: str) -> str:
+    names = ", ".join(c.name for c in columns)
+    arrays = ", ".join(f"${i}::{c.pg_type}[]" for i, c in enumerate(columns, 1))
+    select = ", ".join(f"u.{c.name}::{c.pg_cast}" if c.pg_cast else f"u.{c.name}" for c in columns)
+    return f"INSERT INTO {table} ({names}) SELECT {select} FROM unnest({arrays}) AS u({names}) {conflict}"
+
+
+_PG_DEF_SQL = _pg_insert_sql("workflow_definitions", DEF_COLUMNS, _DEF_CONFLICT)
+_PG_POLICY_SQL = """
+UPDATE workflow_definitions AS d SET policies = u.policies::jsonb, updated_at = u.updated_at
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(id, policies, updated_at)
+WHERE d.id = u.id AND d.policies IS DISTINCT FROM u.policies::jsonb
+"""
+_PG_EXEC_SQL = _pg_insert_sql("workflow_executions", EXEC_COLUMNS, _EXEC_CONFLICT)
+_PG_STEP_SQL = _pg_insert_sql("step_executions", STEP_COLUMNS, _STEP_CONFLICT)
+_PG_TOTALS_SQL = f"""
+UPDATE workflow_executions AS e
+SET (cost_total_usd, input_tokens, output_tokens, llm_calls) = (t.cost, t.input_tokens, t.output_tokens, t.calls)
+FROM (
+    SELECT s.execution_id, {_TOTALS_COLUMNS}
+    FROM step_executions s
+    WHERE s.execution_id = ANY($1::text[])
+    GROUP BY s.execution_id
+) AS t(execution_id, cost, input_tokens, output_tokens, calls)
+WHERE e.id = ANY($1::text[]) AND e.id = t.execution_id
+  AND (e.cost_total_usd, e.input_tokens, e.output_tokens, e.llm_calls)
+      IS DISTINCT FROM (t.cost, t.input_tokens, t.output_tokens, t.calls)
+"""
+# The COPY variant (measured by bench/export.py --pg-method copy): rows go to a temp table by
+# binary COPY, then one INSERT ... SELECT moves them with the same conflict handling.
+_PG_STEP_TEMP = "_wflo_steps_in"
+_PG_STEP_TEMP_DDL = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STEP_TEMP} (LIKE step_executions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+_PG_STEP_FROM_TEMP = (
+    f"INSERT INTO step_executions SELECT * FROM {_PG_STEP_TEMP} ORDER BY id {_STEP_CONFLICT}"
+)
+
+
+def _policy_rows(batch: RowBatch) -> list[tuple]:
+    """(id, policies JSON, updated_at) of the definitions that carry a policy, in id order."""
+    return [
+        (row["id"], _json_text(row["policies"]), row["updated_at"])
+        for row in _sorted(batch.definitions)
+        if row.get("policies") is not None
+    ]
+
+
+def _columnar(rows: list[tuple], width: int) -> list[list[Any]]:
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(col) for col in zip(*rows)]
+
+
+async def _pg_write(pg, batch: RowBatch, method: str, before_commit=None) -> None:
+    """One transaction on an asyncpg connection."""
+    definitions = _rows(_sorted(batch.definitions), DEF_COLUMNS, sqlite=False)
+    executions = _rows(_sorted(batch.executions), EXEC_COLUMNS, sqlite=False)
+    steps = _rows(_sorted(batch.steps), STEP_COLUMNS, sqlite=False)
+    async with pg.transaction():
+        if definitions:
+            await pg.execute(_PG_DEF_SQL, *_columnar(definitions, len(DEF_COLUMNS)))
+            policies = _policy_rows(batch)
+            if policies:
+                await pg.execute(_PG_POLICY_SQL, *_columnar(policies, 3))
+        if executions:
+            await pg.execute(_PG_EXEC_SQL, *_columnar(executions, len(EXEC_COLUMNS)))
+        if steps:
+            if method == "copy":
+                await pg.execute(_PG_STEP_TEMP_DDL)
+                await pg.copy_records_to_table(
+                    _PG_STEP_TEMP, records=steps, columns=[c.name for c in STEP_COLUMNS]
+                )
+                await pg.execute(_PG_STEP_FROM_TEMP)
+            else:
+                await pg.execute(_PG_STEP_SQL, *_columnar(steps, len(STEP_COLUMNS)))
+        if batch.executions:
+            await pg.execute(_PG_TOTALS_SQL, sorted(batch.executions))
+        if before_commit is not None:
+            await before_commit()
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+def _sqlite_insert_sql(table: str, columns: Sequence[_Column], conflict: str) -> str:
+    names = ", ".join(c.name for c in columns)
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({marks}) {conflict}"
+
+
+_SQLITE_DEF_SQL = _sqlite_insert_sql("workflow_definitions", DEF_COLUMNS, _DEF_CONFLICT)
+_SQLITE_POLICY_SQL = "UPDATE workflow_definitions SET policies = ?, updated_at = ? WHERE id = ? AND policies IS NOT ?"
+_SQLITE_EXEC_SQL = _sqlite_insert_sql("workflow_executions", EXEC_COLUMNS, _EXEC_CONFLICT)
+_SQLITE_STEP_SQL = _sqlite_insert_sql("step_executions", STEP_COLUMNS, _STEP_CONFLICT)
+_SQLITE_TOTALS_SQL = (
+    "UPDATE workflow_executions SET (cost_total_usd, input_tokens, output_tokens, llm_calls) = "
+    f"(SELECT {_TOTALS_COLUMNS} FROM step_executions s WHERE s.execution_id = workflow_executions.id) "
+    "WHERE id = ?"
+)
+
+
+async def _sqlite_write(db, batch: RowBatch, before_commit=None) -> None:
+    """One ``BEGIN IMMEDIATE`` transaction on an aiosqlite connection."""
+    definitions = _rows(_sorted(batch.definitions), DEF_COLUMNS, sqlite=True)
+    executions = _rows(_sorted(batch.executions), EXEC_COLUMNS, sqlite=True)
+    steps = _rows(_sorted(batch.steps), STEP_COLUMNS, sqlite=True)
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        if definitions:
+            await db.executemany(_SQLITE_DEF_SQL, definitions)
+            policies = _policy_rows(batch)
+            if policies:
+                await db.executemany(
+                    _SQLITE_POLICY_SQL, [(p, _sqlite_timestamp(at), i, p) for i, p, at in policies]
+                )
+        if executions:
+            await db.executemany(_SQLITE_EXEC_SQL, executions)
+        if steps:
+            await db.executemany(_SQLITE_STEP_SQL, steps)
+        if batch.executions:
+            await db.executemany(_SQLITE_TOTALS_SQL, [(i,) for i in sorted(batch.executions)])
+        if before_commit is not None:
+            await before_commit()
+        await db.commit()
+    except BaseException:
+        try:
+            await db.rollback()
+        except Exception:  # the connection may be gone; the pool will drop it
+            _log.debug("wflo-otel: rollback failed", exc_info=True)
+        raise
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error, wrapped by SQLAlchemy or not."""
+    for candidate in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A serialization failure or deadlock: the same transaction will likely succeed now."""
+    return sqlstate_of(exc) in RETRYABLE_SQLSTATES
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Could this failure go away by itself (database down, connection cut, lock timeout)?
+
+    Anything else (a constraint or data error) would fail again on the same rows.
+    """
+    if is_retryable(exc):
+        return True
+    if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError, EOFError)):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    state = sqlstate_of(exc)
+    if state is not None:
+        # 08 connection, 53 resources, 57 operator intervention (shutdown, terminated), 58 system,
+        # 55P03 lock not available, 25P03 idle-in-transaction timeout
+        return state[:2] in {"08", "53", "57", "58"} or state in {"55P03", "25P03"}
+    text = f"{type(exc).__name__} {exc}".lower()
+    for marker in (
+        "connection",
+        "database is locked",
+        "unable to open database",
+        "disk i/o error",
+        "disk is full",
+        "readonly database",
+        "interfaceerror",
+        "timeout",
+        "terminat",
+        "closed",
+        "broken pipe",
+        "cannot connect",
+        "shutting down",
+    ):
+        if marker in text:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- the store
 
 
 class SpanStore:
-    """Async writer for mapped batches; owns its engine."""
+    """Async writer for mapped batches; owns its engine (and so its connection pool).
 
-    def __init__(self, url: str) -> None:
+    ``SpanStore(url)``, ``await store.migrate()``, ``await store.write(batch)``,
+    ``await store.dispose()``. ``write`` is one transaction; it retries a
+    deadlock or serialization failure up to ``deadlock_retries`` times and raises
+    anything else (the caller decides about connection errors: the exporter retries
+    with backoff, then spools; the ingest service answers 503).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 5,
+        max_overflow: int = 5,
+        connect_timeout_s: float = 10.0,
+        deadlock_retries: int = 5,
+        pg_method: str = "unnest",
+    ) -> None:
+        if pg_method not in ("unnest", "copy"):
+            raise ValueError("pg_method is 'unnest' or 'copy'")
         self.url = normalize_url(url)
-        self.engine = create_engine(self.url)
+        self.engine = create_engine(
+            self.url, pool_size=pool_size, max_overflow=max_overflow, connect_timeout_s=connect_timeout_s
+        )
         self.dialect = self.engine.dialect.name
+        self.deadlock_retries = deadlock_retries
+        self.pg_method = pg_method
+        self.retried_transactions = 0
+        # Awaited inside each write transaction just before COMMIT; tests use it to hold a
+        # transaction open while another writer races it.
+        self.before_commit = None
+        # One writer at a time per process on SQLite (others wait on the busy timeout anyway).
+        self._sqlite_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def migrate(self) -> None:
         """Bring the schema to the latest alembic revision (safe to call from many processes)."""
@@ -78,86 +543,58 @@ class SpanStore:
         async with self.engine.begin() as conn:
             await conn.run_sync(upgrade_connection, "head")
 
+    async def ping(self) -> None:
+        """Raise unless the database answers."""
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
     async def write(self, batch: RowBatch) -> None:
-        if not batch.steps and not batch.executions:
+        """Write one batch in one transaction; idempotent."""
+        if not batch.steps and not batch.executions and not batch.definitions:
             return
-        async with self.engine.begin() as conn:
-            await self._write(conn, batch)
+        attempt = 0
+        while True:
+            try:
+                if self.dialect == "sqlite":
+                    async with self._sqlite_lock():
+                        await self._write_once(batch)
+                else:
+                    await self._write_once(batch)
+                return
+            except Exception as exc:
+                if not is_retryable(exc) or attempt >= self.deadlock_retries:
+                    raise
+                attempt += 1
+                self.retried_transactions += 1
+                delay = random.uniform(0.005, 0.05) * attempt
+                _log.info("wflo-otel: transaction failed with %s; retry %d in %.3fs", sqlstate_of(exc), attempt, delay)
+                await asyncio.sleep(delay)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
 
-    async def _write(self, conn: AsyncConnection, batch: RowBatch) -> None:
-        insert = _insert(self.dialect)
-        await self._upsert_definitions(conn, insert, batch)
-        await self._upsert_executions(conn, insert, batch)
-        steps = list(batch.steps.values())
-        for chunk in _chunks(steps):
-            await conn.execute(insert(step_executions).values(chunk).on_conflict_do_nothing(index_elements=["id"]))
-        await self._recompute_totals(conn, sorted(batch.executions))
+    def _sqlite_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._sqlite_locks.get(loop)
+        if lock is None:
+            lock = self._sqlite_locks[loop] = asyncio.Lock()
+        return lock
 
-    async def _upsert_definitions(self, conn: AsyncConnection, insert, batch: RowBatch) -> None:
-        rows = sorted(batch.definitions.values(), key=lambda r: r["id"])
-        with_policy = [r for r in rows if r["policies"] is not None]
-        without = [r for r in rows if r["policies"] is None]
-        if without:
-            await conn.execute(insert(workflow_definitions).values(without).on_conflict_do_nothing(index_elements=["id"]))
-        if with_policy:
-            stmt = insert(workflow_definitions).values(with_policy)
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["id"],
-                    set_={"policies": stmt.excluded.policies, "updated_at": stmt.excluded.updated_at},
-                )
-            )
+    async def _write_once(self, batch: RowBatch) -> None:
+        async with self.engine.connect() as conn:
+            driver = await _driver_connection(conn)
+            try:
+                if self.dialect == "postgresql":
+                    await _pg_write(driver, batch, self.pg_method, self.before_commit)
+                else:
+                    await _sqlite_write(driver, batch, self.before_commit)
+            except Exception as exc:
+                if is_transient(exc) and not is_retryable(exc):
+                    # The connection may be broken: never hand it out again.
+                    await conn.invalidate()
+                raise
 
-    async def _upsert_executions(self, conn: AsyncConnection, insert, batch: RowBatch) -> None:
-        rows = sorted(batch.executions.values(), key=lambda r: r["id"])
-        finals = [r for r in rows if r["status"] != "RUNNING"]
-        placeholders = [r for r in rows if r["status"] == "RUNNING"]
-        t = workflow_executions
-        if placeholders:
-            stmt = insert(t).values(placeholders)
-            # A no-op update rather than DO NOTHING: it takes the row lock (see module doc).
-            await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={"trace_id": t.c.trace_id}))
-        if finals:
-            stmt = insert(t).values(finals)
-            ex = stmt.excluded
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["id"],
-                    set_={
-                        "workflow_id": ex.workflow_id,
-                        "status": ex.status,
-                        "inputs": ex.inputs,
-                        "error": ex.error,
-                        "budget_usd": ex.budget_usd,
-                        "trace_id": ex.trace_id,
-                        "correlation_id": ex.correlation_id,
-                        "service_name": sa.func.coalesce(ex.service_name, t.c.service_name),
-                        "started_at": ex.started_at,
-                        "ended_at": ex.ended_at,
-                    },
-                )
-            )
 
-    async def _recompute_totals(self, conn: AsyncConnection, execution_ids: list[str]) -> None:
-        if not execution_ids:
-            return
-        s, t = step_executions, workflow_executions
-        llm = sa.and_(s.c.execution_id == t.c.id, s.c.kind == "llm")
-        # A call refused by the budget was never sent: it is a step, not an LLM call.
-        sent = sa.and_(llm, sa.func.coalesce(s.c.error_type, "") != "BudgetExceededError")
-
-        def total(expr):
-            return sa.select(sa.func.coalesce(sa.func.sum(expr), 0)).where(llm).scalar_subquery()
-
-        values = {
-            "cost_total_usd": total(s.c.cost_usd),
-            "input_tokens": total(s.c.input_tokens),
-            "output_tokens": total(s.c.output_tokens),
-            "llm_calls": sa.select(sa.func.count()).where(sent).scalar_subquery(),
-        }
-        for i in range(0, len(execution_ids), _CHUNK):
-            ids = execution_ids[i : i + _CHUNK]
-            await conn.execute(sa.update(t).where(t.c.id.in_(ids)).values(values))
+async def _driver_connection(conn: AsyncConnection):
+    fairy = await conn.get_raw_connection()
+    return fairy.driver_connection

@@ -87,10 +87,14 @@ def client(openai_server):
 
 
 @pytest.fixture
-def async_client(openai_server):
+async def async_client(openai_server):
     import openai
 
-    return openai.AsyncOpenAI(base_url=openai_server.base_url, api_key="test-key", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=openai_server.base_url, api_key="test-key", max_retries=0)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 class Telemetry:
@@ -106,7 +110,14 @@ class Telemetry:
         return [s for s in spans if name_prefix is None or s.name.startswith(name_prefix)]
 
     def llm_spans(self):
-        return [s for s in self.exporter.get_finished_spans() if s.attributes.get("gen_ai.operation.name") == "chat"]
+        """The LLM call spans (CLIENT spans carrying a GenAI operation)."""
+        from opentelemetry.trace import SpanKind
+
+        return [
+            s
+            for s in self.exporter.get_finished_spans()
+            if s.kind is SpanKind.CLIENT and "gen_ai.operation.name" in s.attributes
+        ]
 
     def metric_points(self, name: str):
         data = self.metric_reader.get_metrics_data()

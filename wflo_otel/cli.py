@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
+from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 from .exporters.store import DEFAULT_DATABASE_URL, create_engine, normalize_url
-from .reports import QUERIES
+from .reports import QUERIES, TITLES
 
 
 def _database_url(args: argparse.Namespace) -> str:
@@ -26,10 +28,70 @@ def _cmd_db(args: argparse.Namespace) -> int:
     elif args.db_command == "downgrade":
         migrations.downgrade(url, args.revision)
         print(f"schema downgraded to {args.revision} on {_safe(url)}")
+    elif args.db_command == "prune":
+        older_than = parse_age(args.older_than)
+        executions, steps, cutoff = asyncio.run(prune(url, older_than, dry_run=args.dry_run))
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"{verb} {executions} executions and {steps} steps started before {cutoff.isoformat(timespec='seconds')}")
     else:
         revision = asyncio.run(migrations.run_async(url, migrations.current_revision))
-        print(revision or "(empty database)")
+        print(describe_revision(revision))
     return 0
+
+
+def describe_revision(revision: str | None) -> str:
+    """The current revision, whether it is the head, and the revisions applied to reach it."""
+    if revision is None:
+        return "(empty database)"
+    from alembic.script import ScriptDirectory
+
+    from . import migrations
+
+    script = ScriptDirectory.from_config(migrations.alembic_config())
+    head = script.get_current_head()
+    lines = [f"{revision} ({'head' if revision == head else f'head is {head}: run wflo-otel db upgrade'})"]
+    for rev in reversed(list(script.iterate_revisions(revision, "base"))):
+        lines.append(f"  applied {rev.revision}: {(rev.doc or '').splitlines()[0] if rev.doc else ''}")
+    return "\n".join(lines)
+
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h``, ``2w``, ``90m``, ``45s`` → a timedelta."""
+    match = _AGE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not an age: {text!r} (use e.g. 30d, 12h, 2w, 90m)")
+    return timedelta(**{_AGE_UNITS[match.group(2).lower()]: float(match.group(1))})
+
+
+async def prune(url: str, older_than: timedelta, *, dry_run: bool = False) -> tuple[int, int, datetime]:
+    """Delete executions that started before now - ``older_than``, with their steps (FK cascade).
+
+    Returns (executions, steps, cutoff). One transaction.
+    """
+    import sqlalchemy as sa
+
+    from .exporters.schema import step_executions as s, workflow_executions as e
+
+    cutoff = datetime.now(timezone.utc) - older_than
+    old = e.c.started_at < cutoff
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            executions = (await conn.execute(sa.select(sa.func.count()).select_from(e).where(old))).scalar_one()
+            steps = (
+                await conn.execute(
+                    sa.select(sa.func.count()).select_from(s.join(e, s.c.execution_id == e.c.id)).where(old)
+                )
+            ).scalar_one()
+            if not dry_run and executions:
+                await conn.execute(sa.delete(e).where(old))
+    finally:
+        await engine.dispose()
+    return executions, steps, cutoff
 
 
 async def fetch(url: str, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
@@ -60,20 +122,95 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def print_report(url: str, out=sys.stdout) -> None:
-    for title, name in (
-        ("Recent executions", "recent_executions"),
-        ("Cost per workflow", "cost_per_workflow"),
-        ("Cost per model per day", "cost_per_model_per_day"),
-    ):
-        columns, rows = asyncio.run(fetch(url, QUERIES[name]))
-        print(f"\n== {title}", file=out)
+REPORT_SECTIONS = (
+    "recent_executions",
+    "cost_per_workflow",
+    "cost_per_model_per_day",
+    "over_budget_or_failed",
+    "most_expensive_steps",
+    "slowest_steps",
+)
+
+
+async def fetch_many(url: str, queries: Sequence[tuple[str, dict[str, Any]]]) -> list[tuple[list[str], list[tuple]]]:
+    """Run several queries on one connection."""
+    import sqlalchemy as sa
+
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            results = []
+            for sql, params in queries:
+                result = await conn.execute(sa.text(sql), params)
+                results.append((list(result.keys()), [tuple(row) for row in result.fetchall()]))
+            return results
+    finally:
+        await engine.dispose()
+
+
+def print_report(url: str, out=None, *, execution_id: str | None = None, workflow: str | None = None) -> None:
+    out = out if out is not None else sys.stdout
+    sections: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in REPORT_SECTIONS]
+    if workflow is not None:
+        sections.append(("step_costs_of_a_workflow", {"workflow": workflow}))
+    if execution_id is not None:
+        sections.append(("steps_of_an_execution", {"execution_id": execution_id}))
+    results = asyncio.run(fetch_many(url, [(QUERIES[name], params) for name, params in sections]))
+    for (name, params), (columns, rows) in zip(sections, results):
+        print(f"\n== {TITLES[name].format(**params)}", file=out)
         print(format_table(columns, rows) if rows else "(no rows)", file=out)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    print_report(_database_url(args))
+    url = _database_url(args)
+    try:
+        print_report(url, execution_id=args.execution, workflow=args.workflow)
+    except Exception as exc:  # most often: a database not migrated to the report views yet
+        print(f"wflo-otel: report failed on {_safe(url)}: {exc}", file=sys.stderr)
+        print("hint: `wflo-otel db upgrade` creates the report views (alembic revision 0002)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _cmd_spool(args: argparse.Namespace) -> int:
+    from .exporters.spool import Spool
+
+    url = _database_url(args)
+    spool = Spool.for_database(url, args.spool_dir)
+    if args.spool_command == "status":
+        failed = sorted(spool.failed_directory.glob("*.json")) if spool.failed_directory.exists() else []
+        print(f"spool for {_safe(url)}: {spool.directory}")
+        print(f"  pending batches: {len(spool.pending())}; failed batches: {len(failed)}; {spool.size_bytes() / 1048576:.2f} MB")
+        return 0
+    return asyncio.run(_replay_spool(url, spool, include_failed=args.failed))
+
+
+async def _replay_spool(url: str, spool, *, include_failed: bool) -> int:
+    from .exporters.store import SpanStore
+
+    paths = list(spool.pending())
+    if include_failed and spool.failed_directory.exists():
+        paths += sorted(spool.failed_directory.glob("*.json"))
+    store = SpanStore(url)
+    written = failed = 0
+    try:
+        await store.migrate()
+        for path in paths:
+            try:
+                await store.write(spool.read(path))
+            except Exception as exc:
+                failed += 1
+                print(f"  {path.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
+            spool.remove(path)
+            error_note = path.with_name(path.name + ".error.txt")
+            if error_note.exists():
+                error_note.unlink()
+            written += 1
+    finally:
+        await store.dispose()
+    print(f"replayed {written} batches into {_safe(url)}; {failed} failed")
+    return 0 if not failed else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -99,14 +236,35 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("revision", nargs="?", default="head")
     down = db_sub.add_parser("downgrade", help="downgrade the schema")
     down.add_argument("revision", help="target revision, e.g. base or -1")
-    db_sub.add_parser("current", help="print the current revision")
+    db_sub.add_parser("current", help="print the current revision and the revisions applied")
+    prune_parser = db_sub.add_parser("prune", help="delete old executions with their steps")
+    prune_parser.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 2w (by started_at)")
+    prune_parser.add_argument("--dry-run", action="store_true", help="count, do not delete")
     db.set_defaults(func=_cmd_db)
 
-    report = sub.add_parser("report", help="recent executions, cost per workflow and per model")
+    report = sub.add_parser(
+        "report", help="recent executions, cost per workflow and per model, failures, most expensive and slowest steps"
+    )
+    report.add_argument("--execution", metavar="ID", help="also list the steps of this execution")
+    report.add_argument("--workflow", metavar="NAME", help="also show where this workflow's cost and time go")
     report.set_defaults(func=_cmd_report)
+
+    spool = sub.add_parser("spool", help="batches kept on disk while the database was unreachable")
+    spool.add_argument("--spool-dir", help="default: $WFLO_SPOOL_DIR or ~/.cache/wflo-otel/spool")
+    spool_sub = spool.add_subparsers(dest="spool_command", required=True)
+    spool_sub.add_parser("status", help="count pending and failed batches")
+    replay = spool_sub.add_parser("replay", help="write the spooled batches now")
+    replay.add_argument("--failed", action="store_true", help="also retry batches the database refused before")
+    spool.set_defaults(func=_cmd_spool)
 
     demo = sub.add_parser("demo", help="run the demo agent against a local OpenAI-compatible server")
     demo.set_defaults(func=_cmd_demo)
+
+    from . import ingest  # the OTLP/HTTP ingest service; the server loads only when it runs
+
+    serve = sub.add_parser("serve", help="OTLP/HTTP ingest service: receive spans on /v1/traces, write them to SQL")
+    ingest.add_arguments(serve)
+    serve.set_defaults(func=lambda args: ingest.run(args, args.database_url))
     return parser
 
 

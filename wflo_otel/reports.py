@@ -1,35 +1,25 @@
 """The documented SQL queries: the README's "Query your data" section, run by ``wflo-otel report``.
 
-Plain SQL that runs unchanged on SQLite and PostgreSQL; a test executes each one
-on both engines and checks the README shows the same text.
+Each reads one of the report views of alembic revision 0002 (``cost_per_workflow``,
+``cost_per_model_per_day``, ``execution_steps``, ``step_costs``,
+``failed_or_over_budget``) or the executions table, in plain SQL that runs
+unchanged on SQLite and PostgreSQL. A test executes each one on both engines and
+checks the README shows the same text; ``bench/queries.py`` times them on a million
+step rows.
 """
 
 from __future__ import annotations
 
 QUERIES: dict[str, str] = {
     "cost_per_workflow": """
-SELECT e.workflow_id            AS workflow,
-       COUNT(*)                 AS executions,
-       SUM(e.llm_calls)         AS llm_calls,
-       SUM(e.input_tokens)      AS input_tokens,
-       SUM(e.output_tokens)     AS output_tokens,
-       SUM(e.cost_total_usd)    AS cost_usd
-FROM workflow_executions e
-GROUP BY e.workflow_id
-ORDER BY cost_usd DESC
+SELECT workflow, executions, llm_calls, input_tokens, output_tokens, cost_usd
+FROM cost_per_workflow
+ORDER BY COALESCE(cost_usd, 0) DESC
 """.strip(),
     "cost_per_model_per_day": """
-SELECT date(s.started_at)       AS day,
-       COALESCE(s.response_model, s.request_model) AS model,
-       COUNT(*)                 AS calls,
-       SUM(s.input_tokens)      AS input_tokens,
-       SUM(s.cache_read_tokens) AS cached_tokens,
-       SUM(s.output_tokens)     AS output_tokens,
-       SUM(s.cost_usd)          AS cost_usd
-FROM step_executions s
-WHERE s.kind = 'llm' AND s.input_tokens IS NOT NULL
-GROUP BY date(s.started_at), COALESCE(s.response_model, s.request_model)
-ORDER BY day DESC, cost_usd DESC
+SELECT day, model, calls, input_tokens, cached_tokens, output_tokens, cost_usd
+FROM cost_per_model_per_day
+ORDER BY day DESC, COALESCE(cost_usd, 0) DESC
 """.strip(),
     "recent_executions": """
 SELECT e.id, e.workflow_id AS workflow, e.status, e.budget_usd,
@@ -39,17 +29,47 @@ ORDER BY e.started_at DESC
 LIMIT 20
 """.strip(),
     "over_budget_or_failed": """
-SELECT e.workflow_id AS workflow, e.id, e.status, e.budget_usd,
-       e.cost_total_usd, e.error
-FROM workflow_executions e
-WHERE e.status IN ('BUDGET_EXCEEDED', 'FAILED')
-ORDER BY e.started_at DESC
+SELECT workflow, id, status, budget_usd, cost_usd, error
+FROM failed_or_over_budget
+ORDER BY started_at DESC
+LIMIT 100
 """.strip(),
     "steps_of_an_execution": """
-SELECT s.name, s.kind, s.status, s.response_model, s.input_tokens,
-       s.output_tokens, s.cost_usd, s.duration_ms
-FROM step_executions s
-WHERE s.execution_id = :execution_id
-ORDER BY s.started_at
+SELECT name, kind, status, model, input_tokens, output_tokens, cost_usd, duration_ms
+FROM execution_steps
+WHERE execution_id = :execution_id
+ORDER BY started_at
 """.strip(),
+    "most_expensive_steps": """
+SELECT workflow, execution_id, name, model, cost_usd, duration_ms
+FROM execution_steps
+WHERE cost_usd IS NOT NULL
+ORDER BY cost_usd DESC
+LIMIT 10
+""".strip(),
+    "slowest_steps": """
+SELECT workflow, execution_id, name, kind, duration_ms, cost_usd
+FROM execution_steps
+WHERE kind <> 'workflow' AND duration_ms IS NOT NULL
+ORDER BY duration_ms DESC
+LIMIT 10
+""".strip(),
+    "step_costs_of_a_workflow": """
+SELECT step, kind, runs, cost_usd, avg_cost_usd, avg_duration_ms, max_duration_ms, errors
+FROM step_costs
+WHERE workflow = :workflow
+ORDER BY COALESCE(cost_usd, 0) DESC
+""".strip(),
+}
+
+# Section titles, in the order ``wflo-otel report`` prints them.
+TITLES: dict[str, str] = {
+    "recent_executions": "Recent executions",
+    "cost_per_workflow": "Cost per workflow",
+    "cost_per_model_per_day": "Cost per model per day",
+    "over_budget_or_failed": "Executions that failed or exceeded their budget",
+    "most_expensive_steps": "Most expensive steps",
+    "slowest_steps": "Slowest steps",
+    "steps_of_an_execution": "Steps of execution {execution_id}",
+    "step_costs_of_a_workflow": "Where the cost and time of workflow {workflow} go",
 }

@@ -36,6 +36,9 @@ Behaviour switches carried by the request:
   (finish_reason ``"tool_calls"``); ``tool_choice="required"`` or a named tool
   forces one too, ``tool_choice="none"`` prevents it.
 * ``"[cached]"`` anywhere in the prompt -> non-zero cached tokens (see above).
+* a ``json_schema`` structured-output format (chat ``response_format``, Responses
+  ``text.format``) -> the text is a JSON object with a sample value for each
+  top-level property of the schema (what ``.parse()`` needs); token counts unchanged.
 """
 
 from __future__ import annotations
@@ -623,6 +626,24 @@ def _plan_choice(mode: str, cap: int | None, seed: int, reasoning: bool,
     return {"completion": completion, "reasoning": reasoning_tokens, "finish": finish, "text": text, "tool": tool}
 
 
+def _json_schema_of(fmt: Any) -> dict | None:
+    """The JSON schema of a ``json_schema`` output format (chat or Responses shape), else None."""
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return None
+    schema = fmt.get("json_schema", fmt)  # chat nests it, the Responses API does not
+    schema = schema.get("schema") if isinstance(schema, dict) else None
+    return schema if isinstance(schema, dict) else None
+
+
+def _apply_json_schema(plans: list[dict], schema: dict | None) -> None:
+    """Structured output: text answers become a JSON object matching the schema."""
+    if schema is None:
+        return
+    for plan in plans:
+        if plan["text"] is not None:
+            plan["text"] = _sample_arguments(schema)
+
+
 def _chat_usage(prompt: int, cached: int, completion: int, reasoning: int) -> dict:
     return {
         "prompt_tokens": prompt,
@@ -651,6 +672,7 @@ def _chat(h: _Handler, body: dict, mode: str) -> None:
     n = _positive_int(body.get("n")) or 1
     tool = _pick_tool(body, last_text)
     choices = [_plan_choice(mode, cap, _crc(last_text, i), reasoning, tool) for i in range(n)]
+    _apply_json_schema(choices, _json_schema_of(body.get("response_format")))
     completion = sum(c["completion"] for c in choices)
     usage = _chat_usage(prompt, cached, completion, sum(c["reasoning"] for c in choices))
     common = {
@@ -748,6 +770,8 @@ def _responses(h: _Handler, body: dict, mode: str) -> None:
     cap = _positive_int(body.get("max_output_tokens"))
     tool = _pick_tool(body, last_text)
     plan = _plan_choice(mode, cap, _crc(last_text), reasoning, tool)
+    text_config = body.get("text")
+    _apply_json_schema([plan], _json_schema_of(text_config.get("format") if isinstance(text_config, dict) else None))
     capped = plan["finish"] == "length"
     created_at = time.time()
     resp_id = f"resp_{seq:024x}"
@@ -784,7 +808,7 @@ def _responses(h: _Handler, body: dict, mode: str) -> None:
             "reasoning": {"effort": "medium" if reasoning else None, "summary": None},
             "safety_identifier": None, "service_tier": "default", "store": body.get("store", True),
             "temperature": body.get("temperature", 1.0),
-            "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "text": text_config if isinstance(text_config, dict) else {"format": {"type": "text"}, "verbosity": "medium"},
             "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
             "top_logprobs": 0, "top_p": body.get("top_p", 1.0), "truncation": "disabled",
             "usage": usage_value, "user": body.get("user"), "metadata": body.get("metadata") or {},

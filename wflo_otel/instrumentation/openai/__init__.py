@@ -2,12 +2,25 @@
 
 Patched with ``wrapt`` on the resource classes, so clients created before or
 after ``instrument()`` are covered, and ``uninstrument()`` restores the very
-same function objects.
+same function objects. Covered, sync and async:
+
+* ``chat.completions.create`` (streamed or not), ``.parse`` (also reached as
+  ``beta.chat.completions.parse``) and the ``.stream(...)`` helper;
+* ``responses.create`` (streamed or not), ``.parse`` and ``.stream(...)``;
+* ``embeddings.create``; legacy ``completions.create`` (streamed or not);
+* each of them through ``.with_raw_response`` and ``.with_streaming_response``.
+
+One logical call is one span: a patched method reached from inside another
+(an SDK helper delegating to ``create``) runs unwrapped, and the stream helpers
+only learn which stream their ``create`` produced, to end it with the block.
 """
 
 from __future__ import annotations
 
+import contextvars
+import importlib
 import logging
+import os
 from typing import Any, Collection, Mapping
 
 import wrapt
@@ -18,113 +31,251 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from ...errors import BudgetExceededError
 from ...metrics import GenAIMetrics
 from ...pricing import default_pricebook
-from .call import LLMCall, Telemetry, begin, usage_of
-from .parsing import response_attributes
-from .streams import AsyncStreamProxy, SyncStreamProxy
+from .call import LLMCall, Telemetry, begin
+from .parsing import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Shape, read_json_body
+from .streams import (
+    APIResponseProxy,
+    AsyncAPIResponseProxy,
+    AsyncStreamManagerProxy,
+    LegacyResponseProxy,
+    StreamManagerProxy,
+    wrap_stream,
+)
 
 __all__ = ["OpenAIInstrumentor"]
 
-_OPERATION_CHAT = "chat"
 _log = logging.getLogger(__name__)
+
+CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+_CAPTURE_ON = frozenset(("true", "1", "yes", "on", "span_only", "span_and_event"))
+
+# (module, class, method, what it is): "call" methods send one request (a span each);
+# "stream" methods return a stream-helper manager whose ``create`` makes the span.
+_TARGETS: tuple[tuple[str, str, str, Shape, str], ...] = (
+    ("openai.resources.chat.completions", "Completions", "create", CHAT, "call"),
+    ("openai.resources.chat.completions", "Completions", "parse", CHAT, "call"),
+    ("openai.resources.chat.completions", "Completions", "stream", CHAT, "stream"),
+    ("openai.resources.chat.completions", "AsyncCompletions", "create", CHAT, "async"),
+    ("openai.resources.chat.completions", "AsyncCompletions", "parse", CHAT, "async"),
+    ("openai.resources.chat.completions", "AsyncCompletions", "stream", CHAT, "async_stream"),
+    ("openai.resources.responses", "Responses", "create", RESPONSES, "call"),
+    ("openai.resources.responses", "Responses", "parse", RESPONSES, "call"),
+    ("openai.resources.responses", "Responses", "stream", RESPONSES, "stream"),
+    ("openai.resources.responses", "AsyncResponses", "create", RESPONSES, "async"),
+    ("openai.resources.responses", "AsyncResponses", "parse", RESPONSES, "async"),
+    ("openai.resources.responses", "AsyncResponses", "stream", RESPONSES, "async_stream"),
+    ("openai.resources.embeddings", "Embeddings", "create", EMBEDDINGS, "call"),
+    ("openai.resources.embeddings", "AsyncEmbeddings", "create", EMBEDDINGS, "async"),
+    ("openai.resources.completions", "Completions", "create", COMPLETIONS, "call"),
+    ("openai.resources.completions", "AsyncCompletions", "create", COMPLETIONS, "async"),
+    # openai builds that still ship a separate beta chat resource (absent from 2.x/3.x: skipped)
+    ("openai.resources.beta.chat.completions", "Completions", "parse", CHAT, "call"),
+    ("openai.resources.beta.chat.completions", "Completions", "stream", CHAT, "stream"),
+    ("openai.resources.beta.chat.completions", "AsyncCompletions", "parse", CHAT, "async"),
+    ("openai.resources.beta.chat.completions", "AsyncCompletions", "stream", CHAT, "async_stream"),
+)
+
+
+class _State:
+    """What the wrappers read on every call, set by instrument() and cleared by uninstrument().
+
+    The wrappers look it up at call time rather than closing over it, so a bound
+    method the SDK cached (``with_raw_response`` keeps ``completions.create``) follows
+    a later uninstrument()/instrument() instead of recording with stale settings.
+    """
+
+    tel: Telemetry | None = None
+    streams: tuple[type, ...] = ()  # openai.Stream, openai.AsyncStream
+    legacy: tuple[type, ...] = ()  # LegacyAPIResponse (.with_raw_response)
+    api_response: type | None = None  # APIResponse (.with_streaming_response)
+    async_api_response: type | None = None
+
+
+_state = _State()
+# Set while an instrumented call is being sent: a patched method reached from inside it is not a new call.
+_IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("wflo_otel_in_llm_call", default=False)
+
+
+def capture_content_from_env() -> bool:
+    return os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in _CAPTURE_ON
 
 
 class OpenAIInstrumentor(BaseInstrumentor):
-    """Every ``chat.completions.create`` becomes a CLIENT span with tokens, cost and a budget check.
+    """Every OpenAI call becomes a CLIENT span with tokens, cost and a budget check.
 
     ``instrument()`` keywords: ``tracer_provider``, ``meter_provider``, ``pricebook``,
-    ``budget_processor`` (defaults to the one ``configure()`` installed) and
-    ``default_output_tokens`` (the output ceiling reserved when a request sets none).
+    ``budget_processor`` (defaults to the one ``configure()`` installed),
+    ``default_output_tokens`` (the output ceiling reserved when a request sets none)
+    and ``capture_message_content`` (default: ``$OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``).
     """
+
+    _patched: list[tuple[type, str]] = []
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("openai >= 2.0",)
 
     def _instrument(self, **kwargs: Any) -> None:
         from ... import __version__
-        from openai.resources.chat.completions import AsyncCompletions, Completions
 
-        tel = Telemetry(
+        capture = kwargs.get("capture_message_content")
+        _load_sdk_types()
+        _state.tel = Telemetry(
             tracer=trace.get_tracer(__name__, __version__, tracer_provider=kwargs.get("tracer_provider")),
             metrics=GenAIMetrics(kwargs.get("meter_provider")),
             pricebook=kwargs.get("pricebook") or default_pricebook(),
             processor=kwargs.get("budget_processor"),
             default_output_tokens=kwargs.get("default_output_tokens") or 4096,
+            capture_content=capture_content_from_env() if capture is None else bool(capture),
         )
-        wrapt.wrap_function_wrapper(Completions, "create", _sync_chat(tel))
-        wrapt.wrap_function_wrapper(AsyncCompletions, "create", _async_chat(tel))
+        patched: list[tuple[type, str]] = []
+        for module_name, class_name, method, shape, kind in _TARGETS:
+            cls = _find_class(module_name, class_name)
+            if cls is None or not callable(vars(cls).get(method)):
+                continue
+            wrapt.wrap_function_wrapper(cls, method, _WRAPPERS[kind](shape))
+            patched.append((cls, method))
+        self._patched = patched
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        from openai.resources.chat.completions import AsyncCompletions, Completions
+        _state.tel = None
+        for cls, method in self._patched:
+            unwrap(cls, method)
+        self._patched = []
 
-        unwrap(Completions, "create")
-        unwrap(AsyncCompletions, "create")
+
+def _find_class(module_name: str, class_name: str) -> type | None:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    cls = getattr(module, class_name, None)
+    return cls if isinstance(cls, type) else None
 
 
-def _prepare_chat(tel: Telemetry, instance: Any, kwargs: dict[str, Any]) -> tuple[LLMCall | None, bool]:
+def _load_sdk_types() -> None:
+    import openai
+
+    _state.streams = (openai.Stream, openai.AsyncStream)
+    try:
+        from openai._legacy_response import LegacyAPIResponse
+
+        _state.legacy = (LegacyAPIResponse,)
+    except ImportError:  # pragma: no cover - every supported openai has it
+        _state.legacy = ()
+    _state.api_response = getattr(openai, "APIResponse", None)
+    _state.async_api_response = getattr(openai, "AsyncAPIResponse", None)
+
+
+# ---------------------------------------------------------------------- one call
+
+
+def _start(tel: Telemetry, shape: Shape, instance: Any, kwargs: dict[str, Any]) -> tuple[LLMCall | None, bool]:
     """Start the call; for streams, ask the API for usage if the user did not (and remember to hide it).
 
     Returns ``(None, False)`` if the instrumentation itself failed: the call then goes
     out uninstrumented rather than break the application.
     """
     try:
-        return _begin_chat(tel, instance, kwargs)
+        hide_usage_chunk = False
+        if shape.include_usage and kwargs.get("stream") is True:
+            options = kwargs.get("stream_options")
+            if not (isinstance(options, Mapping) and options.get("include_usage")):
+                kwargs["stream_options"] = {**(options if isinstance(options, Mapping) else {}), "include_usage": True}
+                hide_usage_chunk = True
+        return begin(tel, shape.operation, instance, kwargs, shape), hide_usage_chunk
     except BudgetExceededError:
         raise
     except Exception:
-        _log.debug("wflo-otel: could not instrument chat call", exc_info=True)
+        _log.debug("wflo-otel: could not instrument OpenAI call", exc_info=True)
         return None, False
 
 
-def _begin_chat(tel: Telemetry, instance: Any, kwargs: dict[str, Any]) -> tuple[LLMCall, bool]:
-    hide_usage_chunk = False
-    if kwargs.get("stream") is True:
-        options = kwargs.get("stream_options")
-        if not (isinstance(options, Mapping) and options.get("include_usage")):
-            kwargs["stream_options"] = {**(options if isinstance(options, Mapping) else {}), "include_usage": True}
-            hide_usage_chunk = True
-    return begin(tel, _OPERATION_CHAT, instance, kwargs), hide_usage_chunk
-
-
-def _chat_result(call: LLMCall, result: Any, hide_usage_chunk: bool, proxy: type) -> Any:
-    """Hand back a stream proxy, or finish the call on a complete response."""
-    if hasattr(result, "__next__") or hasattr(result, "__anext__"):
-        return proxy(result, call, hide_usage_chunk)
-    if hasattr(result, "choices"):
-        call.finish(usage_of(result), response_attributes(result))
-    else:  # e.g. a raw HTTP response object: end the span with what we know
-        call.finish(None, {})
+def _outcome(tel: Telemetry, call: LLMCall, shape: Shape, result: Any, hide: bool, kwargs: dict[str, Any]) -> Any:
+    """What the user gets back: the response (its call finished), or a proxy that finishes it later."""
+    try:
+        if isinstance(result, _state.streams):
+            if shape.stream_state is None:
+                call.finish(None, {})
+                return result
+            return wrap_stream(result, call, shape.stream_state(tel.capture_content), hide)
+        if isinstance(result, _state.legacy):  # .with_raw_response
+            if kwargs.get("stream") is True:
+                return LegacyResponseProxy(result, call, shape, tel.capture_content, hide, True)
+            body = read_json_body(result.http_response)  # a non-streamed body is already read
+            outcome = shape.read(body, tel.capture_content) if body is not None else (None, {}, None)
+        elif _state.api_response is not None and isinstance(result, _state.api_response):
+            return APIResponseProxy(result, call, shape, tel.capture_content, hide, kwargs.get("stream") is True)
+        elif _state.async_api_response is not None and isinstance(result, _state.async_api_response):
+            return AsyncAPIResponseProxy(result, call, shape, tel.capture_content, hide, kwargs.get("stream") is True)
+        else:
+            outcome = shape.read(result, tel.capture_content)
+    except Exception:
+        _log.debug("wflo-otel: could not read OpenAI response", exc_info=True)
+        outcome = (None, {}, None)
+    call.finish(*outcome)  # may raise BudgetExceededError: the call pushed a budget over
     return result
 
 
-def _sync_chat(tel: Telemetry):
+def _call_wrapper(shape: Shape):
     def wrapper(wrapped, instance, args, kwargs):
-        if not is_instrumentation_enabled():
+        tel = _state.tel
+        if tel is None or _IN_CALL.get() or not is_instrumentation_enabled():
             return wrapped(*args, **kwargs)
-        call, hide = _prepare_chat(tel, instance, kwargs)
+        call, hide = _start(tel, shape, instance, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
+        token = _IN_CALL.set(True)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
             raise
-        return _chat_result(call, result, hide, SyncStreamProxy)
+        finally:
+            _IN_CALL.reset(token)
+        return _outcome(tel, call, shape, result, hide, kwargs)
 
     return wrapper
 
 
-def _async_chat(tel: Telemetry):
+def _async_call_wrapper(shape: Shape):
     async def wrapper(wrapped, instance, args, kwargs):
-        if not is_instrumentation_enabled():
+        tel = _state.tel
+        if tel is None or _IN_CALL.get() or not is_instrumentation_enabled():
             return await wrapped(*args, **kwargs)
-        call, hide = _prepare_chat(tel, instance, kwargs)
+        call, hide = _start(tel, shape, instance, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
+        token = _IN_CALL.set(True)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
             raise
-        return _chat_result(call, result, hide, AsyncStreamProxy)
+        finally:
+            _IN_CALL.reset(token)
+        return _outcome(tel, call, shape, result, hide, kwargs)
 
     return wrapper
+
+
+def _stream_helper_wrapper(proxy: type):
+    """``.stream(...)`` helpers: the request goes out (and its span starts) when the block is entered."""
+
+    def factory(shape: Shape):
+        def wrapper(wrapped, instance, args, kwargs):
+            manager = wrapped(*args, **kwargs)
+            if _state.tel is None or _IN_CALL.get() or not is_instrumentation_enabled():
+                return manager
+            return proxy(manager)
+
+        return wrapper
+
+    return factory
+
+
+_WRAPPERS = {
+    "call": _call_wrapper,
+    "async": _async_call_wrapper,
+    "stream": _stream_helper_wrapper(StreamManagerProxy),
+    "async_stream": _stream_helper_wrapper(AsyncStreamManagerProxy),
+}

@@ -21,7 +21,18 @@ from ...errors import BudgetExceededError
 from ...errors import error_type as error_type_of
 from ...metrics import GenAIMetrics
 from ...pricing import PriceBook
-from .parsing import Usage, estimate_input_tokens, output_ceiling, request_attributes, usage_from
+from .parsing import (
+    CHAT,
+    Shape,
+    Usage,
+    billed_response_of,
+    estimate_input_tokens,
+    field,
+    materialize_inputs,
+    output_ceiling,
+    request_attributes,
+    usage_from,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -36,12 +47,15 @@ class Telemetry:
         pricebook: PriceBook,
         processor: BudgetSpanProcessor | None = None,
         default_output_tokens: int = 4096,
+        capture_content: bool = False,
     ) -> None:
         self.tracer = tracer
         self.metrics = metrics
         self.pricebook = pricebook
         self._processor = processor
         self.default_output_tokens = default_output_tokens
+        # Prompt and completion text on spans: opt-in only (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT).
+        self.capture_content = capture_content
 
     @property
     def processor(self) -> BudgetSpanProcessor | None:
@@ -80,8 +94,12 @@ class LLMCall:
 
     # ------------------------------------------------------------------ outcomes
 
-    def finish(self, usage: Usage | None, response_attrs: Mapping[str, Any]) -> None:
+    def finish(self, usage: Usage | None, response_attrs: Mapping[str, Any], error_type: str | None = None) -> None:
         """Record the response and its cost, settle the budget, end the span.
+
+        ``error_type`` marks a response that arrived but reports a failure (a Responses
+        API ``failed`` status, an ``error`` stream event): the span ends as ERROR with
+        what the response showed, usage included.
 
         Raises ``BudgetExceededError`` (after the span ended) when this call pushed a
         scope with ``on_exceed="raise"`` over its budget.
@@ -93,15 +111,19 @@ class LLMCall:
         cost_usd = None
         try:
             span = self.span
-            span.set_attributes(response_attrs)
+            attrs = dict(response_attrs)  # one set_attributes for everything the response tells
             response_model = response_attrs.get(A.GEN_AI_RESPONSE_MODEL) or self.model
             if usage is not None:
-                cost_usd = self._record_usage(span, usage, response_model, response_attrs)
+                cost_usd = self._usage_attributes(attrs, usage, response_model)
             else:
-                span.set_attribute(A.WFLO_COST_SOURCE, "no-usage")
+                attrs[A.WFLO_COST_SOURCE] = "no-usage"
+            if error_type is not None:
+                attrs[A.ERROR_TYPE] = error_type
+                span.set_status(Status(StatusCode.ERROR, error_type))
+            span.set_attributes(attrs)
             if self.reservation is not None:
                 over = self._settle(cost_usd)
-            self._record_metrics(usage, cost_usd, None, response_model)
+            self._record_metrics(usage, cost_usd, error_type, response_model)
         except Exception:
             _log.debug("wflo-otel: failed to record LLM response", exc_info=True)
         finally:
@@ -110,19 +132,32 @@ class LLMCall:
             raise overrun_error(over)
 
     def fail(self, exc: BaseException) -> None:
-        """The client raised (or we refused): release the reservation and end the span as ERROR."""
+        """The client raised (or we refused): end the span as ERROR.
+
+        The reservation is released — unless the exception carries a response the
+        API billed (``LengthFinishReasonError`` from ``.parse()``): that cost is
+        recorded and settled, without raising anything but the original exception.
+        """
         if self.ended:
             return
         self.ended = True
         try:
-            if self.reservation is not None:
-                self.tel.processor.ledger.release(self.reservation)
             error_type = error_type_of(exc)
             span = self.span
-            span.set_attribute(A.ERROR_TYPE, error_type)
+            usage, attrs = billed_response_of(exc)
+            cost_usd = None
+            if usage is not None:
+                cost_usd = self._usage_attributes(attrs, usage, attrs.get(A.GEN_AI_RESPONSE_MODEL) or self.model)
+            attrs[A.ERROR_TYPE] = error_type
+            span.set_attributes(attrs)
             span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
             span.record_exception(exc)
-            self._record_metrics(None, None, error_type, self.model)
+            if self.reservation is not None:
+                if usage is None:
+                    self.tel.processor.ledger.release(self.reservation)
+                else:
+                    self._settle(cost_usd)  # an overrun is recorded on the scope; the original error propagates
+            self._record_metrics(usage, cost_usd, error_type, attrs.get(A.GEN_AI_RESPONSE_MODEL) or self.model)
         except Exception:
             _log.debug("wflo-otel: failed to record LLM error", exc_info=True)
         finally:
@@ -130,26 +165,26 @@ class LLMCall:
 
     # ------------------------------------------------------------------ helpers
 
-    def _record_usage(self, span: Span, usage: Usage, model: str | None, response_attrs) -> float | None:
-        attrs: dict[str, Any] = {}
+    def _usage_attributes(self, attrs: dict[str, Any], usage: Usage, model: str | None) -> float | None:
+        """Add token and cost attributes to ``attrs``; return the cost in USD (None if unknown)."""
         if usage.input_tokens is not None:
             attrs[A.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
         if usage.output_tokens is not None:
             attrs[A.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
-        attrs[A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
-        attrs[A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+            # cache and reasoning details come with output (not with embeddings)
+            attrs[A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
+            attrs[A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
         cost = self.tel.pricebook.cost(
             model,
             input_tokens=usage.input_tokens or 0,
             output_tokens=usage.output_tokens or 0,
             cache_read_tokens=usage.cache_read_tokens,
             reasoning_tokens=usage.reasoning_tokens,
-            service_tier=response_attrs.get(A.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER),
+            service_tier=attrs.get(A.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER),
         )
         if cost.usd is not None:
             attrs[A.WFLO_COST_USD] = cost.usd
         attrs[A.WFLO_COST_SOURCE] = cost.source
-        span.set_attributes(attrs)
         return cost.usd
 
     def _settle(self, cost_usd: float | None):
@@ -187,12 +222,14 @@ class LLMCall:
         )
 
 
-def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any]) -> LLMCall:
+def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any], shape: Shape = CHAT) -> LLMCall:
     """Start the span and reserve the call's worst-case cost on every enclosing budget.
 
-    May replace ``kwargs["messages"]`` by a list (a one-shot iterator must survive
-    being measured). Raises ``BudgetExceededError`` with nothing sent when the call
-    cannot fit; its span is then ended as ERROR with ``wflo.budget.refused``.
+    ``shape`` says which API this is (chat by default): its own request attributes,
+    where its input text lives, whether it produces output tokens to reserve for.
+    May replace ``kwargs["messages"]``/``["input"]``/``["prompt"]`` by a list (a one-shot
+    iterator must survive being measured). Raises ``BudgetExceededError`` with nothing
+    sent when the call cannot fit; its span is then ended as ERROR with ``wflo.budget.refused``.
     """
     model = kwargs.get("model")
     attributes = {
@@ -201,26 +238,36 @@ def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any])
         **server_attributes(instance),
         **request_attributes(kwargs),
     }
+    if shape.request_attributes is not None:
+        attributes.update(shape.request_attributes(kwargs))
     if isinstance(model, str):
         attributes[A.GEN_AI_REQUEST_MODEL] = model
-    span = tel.tracer.start_span(f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attributes)
+        name = f"{operation} {model}"
+    else:  # per the conventions, a span without a model is named after the operation
+        name = operation
+    if tel.capture_content:
+        materialize_inputs(kwargs)
+        try:
+            attributes.update(shape.input_attributes(kwargs))
+        except Exception:
+            _log.debug("wflo-otel: could not capture input messages", exc_info=True)
+    span = tel.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
     call = LLMCall(tel, span, model, operation)
     processor = tel.processor
     if processor is not None:
         chain = processor.chain_of(span.get_span_context().span_id)
         if chain:
             if any(scope.budget_usd is not None for scope in chain):
-                _reserve(call, processor, chain, kwargs)
+                _reserve(call, processor, chain, kwargs, shape.has_output)
             else:  # nothing to enforce, but the scopes still account what they spend
                 call.reservation = Reservation(chain, 0.0)
     return call
 
 
-def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any]) -> None:
-    messages = kwargs.get("messages")
-    if messages is not None and not isinstance(messages, (list, tuple)):
-        kwargs["messages"] = list(messages)
-    ceiling = output_ceiling(kwargs) or call.tel.default_output_tokens
+def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any], has_output: bool = True) -> None:
+    materialize_inputs(kwargs)
+    # Embeddings produce no output tokens: only their input is reserved.
+    ceiling = (output_ceiling(kwargs) or call.tel.default_output_tokens) if has_output else 0
     amount = call.tel.pricebook.max_cost(call.model, estimate_input_tokens(kwargs), ceiling)  # None: unknown price
     try:
         call.reservation = processor.ledger.reserve(chain, amount)
@@ -233,6 +280,4 @@ def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[
 
 
 def usage_of(response: Any) -> Usage | None:
-    from .parsing import field
-
     return usage_from(field(response, "usage"))

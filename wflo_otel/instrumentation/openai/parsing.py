@@ -3,20 +3,41 @@
 Everything here is defensive: a field that is missing, None or of an odd type
 yields "unknown", never an exception, because a response we cannot fully read
 must still give a span with what could be read.
+
+Each API the instrumentation covers is described by a :class:`Shape`: its
+operation name, how to read a complete response, how to follow a stream of it,
+and where its input text lives. The wrappers know nothing else about OpenAI.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ... import attributes as A
+
+# GenAI semantic-convention names used only here (not yet in wflo_otel.attributes).
+GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
+GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
+GEN_AI_SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
+GEN_AI_EMBEDDINGS_DIMENSION_COUNT = "gen_ai.embeddings.dimension.count"
+GEN_AI_REQUEST_ENCODING_FORMATS = "gen_ai.request.encoding_formats"
+
+OPERATION_CHAT = A.OPERATION_CHAT
+OPERATION_EMBEDDINGS = "embeddings"
+OPERATION_TEXT_COMPLETION = "text_completion"
 
 # Per-message framing tokens (role, separators) — generous, it only feeds an upper bound.
 _MESSAGE_OVERHEAD_TOKENS = 8
 _REQUEST_OVERHEAD_TOKENS = 16
 # Upper bound for one image part (high detail, largest tiling) in tokens.
 _IMAGE_PART_TOKENS = 2_000
+_TEXT_PART_TYPES = frozenset(("text", "input_text", "output_text"))
+_MISSING = object()
+
+# (usage, response attributes, error.type or None): what finishing a call needs.
+Outcome = tuple  # tuple[Usage | None, dict[str, Any], str | None]
 
 
 @dataclass(slots=True)
@@ -31,15 +52,25 @@ class Usage:
 
 def field(obj: Any, name: str) -> Any:
     """``obj.name`` for SDK models, ``obj[name]`` for dicts, None otherwise."""
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
+    if type(obj) is dict:
         return obj.get(name)
-    return getattr(obj, name, None)
+    value = getattr(obj, name, _MISSING)
+    if value is _MISSING:
+        return obj.get(name) if isinstance(obj, Mapping) else None
+    return value
+
+
+def _field_or_none(obj: Any, name: str, default: None = None) -> Any:
+    """``field`` with ``getattr``'s signature."""
+    return field(obj, name)
 
 
 def _int(value: Any) -> int | None:
-    return value if type(value) is int else (int(value) if isinstance(value, (int, float)) else None)
+    if type(value) is int:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    return None
 
 
 def usage_from(usage_obj: Any) -> Usage | None:
@@ -96,8 +127,30 @@ def request_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
+def embeddings_request_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    dimensions = kwargs.get("dimensions")
+    if type(dimensions) is int:
+        attrs[GEN_AI_EMBEDDINGS_DIMENSION_COUNT] = dimensions
+    encoding = kwargs.get("encoding_format")
+    if isinstance(encoding, str):
+        attrs[GEN_AI_REQUEST_ENCODING_FORMATS] = [encoding]
+    return attrs
+
+
+def materialize_inputs(kwargs: dict[str, Any]) -> None:
+    """Replace one-shot iterables of input by lists, so measuring them does not consume what is sent."""
+    for key in ("messages", "input", "prompt"):
+        value = kwargs.get(key)
+        if value is not None and not isinstance(value, (str, list, tuple, dict)) and hasattr(value, "__iter__"):
+            kwargs[key] = list(value)
+
+
+# ---------------------------------------------------------------------- complete responses
+
+
 def response_attributes(response: Any) -> dict[str, Any]:
-    """id, model, finish reasons and service tier of a non-streamed response."""
+    """id, model, finish reasons and service tier of a Chat Completions (or legacy Completions) response."""
     attrs: dict[str, Any] = {}
     response_id = field(response, "id")
     if isinstance(response_id, str):
@@ -116,40 +169,159 @@ def response_attributes(response: Any) -> dict[str, Any]:
     return attrs
 
 
+def read_chat(response: Any, capture: bool) -> Outcome:
+    """Outcome of a ChatCompletion / ParsedChatCompletion / legacy Completion (model or dict)."""
+    attrs = response_attributes(response)
+    if capture:
+        _set_json(attrs, GEN_AI_OUTPUT_MESSAGES, _choices_output(field(response, "choices")))
+    return usage_from(field(response, "usage")), attrs, None
+
+
+def _responses_finish_reason(response: Any) -> str | None:
+    status = field(response, "status")
+    if status == "completed":
+        return "stop"
+    if status == "incomplete":
+        reason = field(field(response, "incomplete_details"), "reason")
+        return reason if isinstance(reason, str) else "incomplete"
+    return status if isinstance(status, str) else None
+
+
+def _responses_error(response: Any) -> str | None:
+    if field(response, "status") != "failed":
+        return None
+    code = field(field(response, "error"), "code")
+    return code if isinstance(code, str) and code else "failed"
+
+
+def read_responses(response: Any, capture: bool) -> Outcome:
+    """Outcome of a Responses API ``Response`` / ``ParsedResponse`` (model or dict)."""
+    attrs: dict[str, Any] = {}
+    response_id = field(response, "id")
+    if isinstance(response_id, str):
+        attrs[A.GEN_AI_RESPONSE_ID] = response_id
+    model = field(response, "model")
+    if isinstance(model, str):
+        attrs[A.GEN_AI_RESPONSE_MODEL] = model
+    tier = field(response, "service_tier")
+    if isinstance(tier, str):
+        attrs[A.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER] = tier
+    reason = _responses_finish_reason(response)
+    if reason is not None:
+        attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = [reason]
+    if capture:
+        _set_json(attrs, GEN_AI_OUTPUT_MESSAGES, _responses_output(field(response, "output"), reason))
+    return usage_from(field(response, "usage")), attrs, _responses_error(response)
+
+
+def read_embeddings(response: Any, capture: bool) -> Outcome:
+    """Outcome of a ``CreateEmbeddingResponse``: model and input tokens (there is no output)."""
+    attrs: dict[str, Any] = {}
+    model = field(response, "model")
+    if isinstance(model, str):
+        attrs[A.GEN_AI_RESPONSE_MODEL] = model
+    return usage_from(field(response, "usage")), attrs, None
+
+
+def billed_response_of(exc: BaseException) -> tuple[Usage | None, dict[str, Any]]:
+    """Usage and attributes of a response an exception carries (``LengthFinishReasonError.completion``).
+
+    The SDK's ``.parse()`` raises after the API answered (and billed) when the answer
+    was cut by the length limit; the completion rides on the exception.
+    """
+    completion = getattr(exc, "completion", None)
+    if completion is None:
+        return None, {}
+    try:
+        return usage_from(field(completion, "usage")), response_attributes(completion)
+    except Exception:
+        return None, {}
+
+
+def read_json_body(http_response: Any) -> Any:
+    """The JSON body an SDK raw response already holds, or None if it was not read (or is not JSON)."""
+    try:
+        content = http_response.content  # raises if the body was not read yet: we never read it ourselves
+    except Exception:
+        return None
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------- streams
+
+
 class ChatStreamState:
-    """What a Chat Completions stream has shown so far: enough to finish its span."""
+    """What a Chat Completions (or legacy Completions) stream has shown so far: enough to finish its span.
 
-    __slots__ = ("response_id", "model", "service_tier", "finish_reasons", "usage_obj", "chunks")
+    ``observe`` runs once per chunk, so it reads SDK chunk models by attribute
+    directly; anything else (dicts, odd objects) goes through the generic reader.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("response_id", "model", "service_tier", "finish_reasons", "usage_obj", "outputs")
+
+    def __init__(self, capture: bool = False) -> None:
         self.response_id: str | None = None
         self.model: str | None = None
         self.service_tier: str | None = None
         self.finish_reasons: dict[int, str] = {}
         self.usage_obj: Any = None
-        self.chunks = 0
+        self.outputs: dict[int, dict[str, Any]] | None = {} if capture else None
 
     def observe(self, chunk: Any) -> bool:
         """Record one chunk; True if it is the usage-only chunk (no choices, only usage)."""
-        self.chunks += 1
+        try:
+            usage = chunk.usage
+            choices = chunk.choices
+            getter = getattr
+        except AttributeError:
+            usage = field(chunk, "usage")
+            choices = field(chunk, "choices")
+            getter = _field_or_none
         if self.response_id is None:
-            self.response_id = field(chunk, "id")
-            self.model = field(chunk, "model")
-        usage = field(chunk, "usage")
+            self.response_id = getter(chunk, "id", None)
+            self.model = getter(chunk, "model", None)
         if usage is not None:
             self.usage_obj = usage
-            tier = field(chunk, "service_tier")
+            tier = getter(chunk, "service_tier", None)
             if isinstance(tier, str):
                 self.service_tier = tier
-        choices = field(chunk, "choices")
         if not choices:
             return usage is not None
+        outputs = self.outputs
         for choice in choices:
-            reason = field(choice, "finish_reason")
-            if reason is not None:
-                index = field(choice, "index")
-                self.finish_reasons[index if isinstance(index, int) else 0] = reason
+            reason = getter(choice, "finish_reason", None)
+            if reason is not None or outputs is not None:
+                index = getter(choice, "index", None)
+                if type(index) is not int:
+                    index = 0
+                if reason is not None:
+                    self.finish_reasons[index] = reason
+                if outputs is not None:
+                    self._accumulate(index, choice)
         return False
+
+    def _accumulate(self, index: int, choice: Any) -> None:
+        out = self.outputs.setdefault(index, {"text": [], "tools": {}})
+        delta = field(choice, "delta")
+        text = field(delta, "content") if delta is not None else field(choice, "text")
+        if isinstance(text, str):
+            out["text"].append(text)
+        tool_calls = field(delta, "tool_calls") if delta is not None else None
+        for call in tool_calls or ():
+            slot = out["tools"].setdefault(field(call, "index"), {"id": None, "name": None, "arguments": []})
+            if field(call, "id"):
+                slot["id"] = field(call, "id")
+            function = field(call, "function")
+            if field(function, "name"):
+                slot["name"] = field(function, "name")
+            arguments = field(function, "arguments")
+            if isinstance(arguments, str):
+                slot["arguments"].append(arguments)
 
     def attributes(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {}
@@ -162,6 +334,233 @@ class ChatStreamState:
         if self.finish_reasons:
             attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = [self.finish_reasons[i] for i in sorted(self.finish_reasons)]
         return attrs
+
+    def result(self) -> Outcome:
+        attrs = self.attributes()
+        if self.outputs:
+            messages = []
+            for index in sorted(self.outputs):
+                out = self.outputs[index]
+                parts: list[dict[str, Any]] = []
+                if out["text"]:
+                    parts.append({"type": "text", "content": "".join(out["text"])})
+                for key in sorted(out["tools"], key=lambda k: k if isinstance(k, int) else 0):
+                    tool = out["tools"][key]
+                    parts.append(_tool_call_part(tool["id"], tool["name"], "".join(tool["arguments"])))
+                messages.append(_message("assistant", parts, self.finish_reasons.get(index)))
+            _set_json(attrs, GEN_AI_OUTPUT_MESSAGES, messages)
+        return usage_from(self.usage_obj), attrs, None
+
+
+_RESPONSES_FINAL_EVENTS = frozenset(("response.completed", "response.incomplete", "response.failed"))
+_RESPONSES_START_EVENTS = frozenset(("response.created", "response.in_progress", "response.queued"))
+
+
+class ResponsesStreamState:
+    """What a Responses API event stream has shown: the response as created, then as completed."""
+
+    __slots__ = ("started", "final", "error_type", "capture")
+
+    def __init__(self, capture: bool = False) -> None:
+        self.started: Any = None
+        self.final: Any = None
+        self.error_type: str | None = None
+        self.capture = capture
+
+    def observe(self, event: Any) -> bool:
+        """Record one event; never hides one (the Responses API reports usage on its own)."""
+        try:
+            kind = event.type  # SDK event models; per event, so no generic reader
+        except AttributeError:
+            kind = field(event, "type")
+        if kind in _RESPONSES_FINAL_EVENTS:
+            self.final = field(event, "response")
+        elif kind in _RESPONSES_START_EVENTS:
+            if self.started is None:
+                self.started = field(event, "response")
+        elif kind == "error":
+            code = field(event, "code")
+            self.error_type = code if isinstance(code, str) and code else "error"
+        return False
+
+    def result(self) -> Outcome:
+        if self.final is not None:
+            usage, attrs, error_type = read_responses(self.final, self.capture)
+            return usage, attrs, error_type or self.error_type
+        attrs: dict[str, Any] = {}
+        if self.started is not None:
+            response_id = field(self.started, "id")
+            if isinstance(response_id, str):
+                attrs[A.GEN_AI_RESPONSE_ID] = response_id
+            model = field(self.started, "model")
+            if isinstance(model, str):
+                attrs[A.GEN_AI_RESPONSE_MODEL] = model
+        return None, attrs, self.error_type
+
+
+# ---------------------------------------------------------------------- content capture (opt-in)
+
+
+def _set_json(attrs: dict[str, Any], key: str, value: Any) -> None:
+    if value:
+        try:
+            attrs[key] = json.dumps(value, ensure_ascii=False, default=str)
+        except Exception:
+            pass
+
+
+def _message(role: Any, parts: list, finish_reason: Any = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": role if isinstance(role, str) else "user", "parts": parts}
+    if isinstance(finish_reason, str):
+        message["finish_reason"] = finish_reason
+    return message
+
+
+def _tool_call_part(call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
+    return {"type": "tool_call", "id": call_id, "name": name, "arguments": arguments}
+
+
+def _content_parts(content: Any) -> list[dict[str, Any]]:
+    """Text parts of a message content; other parts (images, audio, files) by type only, never their data."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    if isinstance(content, (list, tuple)):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append({"type": "text", "content": part})
+                continue
+            kind = field(part, "type")
+            if kind in _TEXT_PART_TYPES:
+                parts.append({"type": "text", "content": field(part, "text")})
+            elif kind == "refusal":
+                parts.append({"type": "text", "content": field(part, "refusal")})
+            elif isinstance(kind, str):
+                parts.append({"type": kind})
+        return parts
+    return []
+
+
+def _chat_input(messages: Any) -> list[dict[str, Any]]:
+    out = []
+    for message in messages if isinstance(messages, (list, tuple)) else ():
+        role = field(message, "role")
+        if role == "tool":
+            response = field(message, "content")
+            if not isinstance(response, str):
+                response = "".join(p.get("content") or "" for p in _content_parts(response))
+            out.append(_message("tool", [{"type": "tool_call_response", "id": field(message, "tool_call_id"), "response": response}]))
+            continue
+        parts = _content_parts(field(message, "content"))
+        for call in field(message, "tool_calls") or ():
+            function = field(call, "function")
+            parts.append(_tool_call_part(field(call, "id"), field(function, "name"), field(function, "arguments")))
+        out.append(_message(role, parts))
+    return out
+
+
+def _choices_output(choices: Any) -> list[dict[str, Any]]:
+    out = []
+    for choice in choices if isinstance(choices, list) else ():
+        message = field(choice, "message")
+        if message is None:  # legacy completions
+            text = field(choice, "text")
+            parts = [{"type": "text", "content": text}] if isinstance(text, str) else []
+        else:
+            parts = _content_parts(field(message, "content"))
+            refusal = field(message, "refusal")
+            if isinstance(refusal, str):
+                parts.append({"type": "text", "content": refusal})
+            for call in field(message, "tool_calls") or ():
+                function = field(call, "function")
+                parts.append(_tool_call_part(field(call, "id"), field(function, "name"), field(function, "arguments")))
+        out.append(_message("assistant", parts, field(choice, "finish_reason")))
+    return out
+
+
+def _responses_input(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [_message("user", [{"type": "text", "content": value}])]
+    out = []
+    for item in value if isinstance(value, (list, tuple)) else ():
+        kind = field(item, "type")
+        role = field(item, "role")
+        if kind == "function_call_output":
+            out.append(_message("tool", [{"type": "tool_call_response", "id": field(item, "call_id"), "response": field(item, "output")}]))
+        elif kind == "function_call":
+            out.append(_message("assistant", [_tool_call_part(field(item, "call_id"), field(item, "name"), field(item, "arguments"))]))
+        elif role is not None:
+            out.append(_message(role, _content_parts(field(item, "content"))))
+        elif isinstance(kind, str):
+            out.append(_message("user", [{"type": kind}]))
+    return out
+
+
+def _responses_output(output: Any, finish_reason: str | None) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for item in output if isinstance(output, list) else ():
+        kind = field(item, "type")
+        if kind == "message":
+            parts.extend(_content_parts(field(item, "content")))
+        elif kind == "function_call":
+            parts.append(_tool_call_part(field(item, "call_id"), field(item, "name"), field(item, "arguments")))
+    return [_message("assistant", parts, finish_reason)] if parts else []
+
+
+def chat_input_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    _set_json(attrs, GEN_AI_INPUT_MESSAGES, _chat_input(kwargs.get("messages")))
+    return attrs
+
+
+def responses_input_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    instructions = kwargs.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        _set_json(attrs, GEN_AI_SYSTEM_INSTRUCTIONS, [{"type": "text", "content": instructions}])
+    _set_json(attrs, GEN_AI_INPUT_MESSAGES, _responses_input(kwargs.get("input")))
+    return attrs
+
+
+def completion_input_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    prompt = kwargs.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, (list, tuple)) else ()
+    parts = [{"type": "text", "content": p} for p in prompts if isinstance(p, str)]
+    attrs: dict[str, Any] = {}
+    _set_json(attrs, GEN_AI_INPUT_MESSAGES, [_message("user", parts)] if parts else [])
+    return attrs
+
+
+def no_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+# ---------------------------------------------------------------------- the APIs
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """How to read one OpenAI API: everything the generic wrappers need to know about it."""
+
+    operation: str
+    read: Callable[[Any, bool], Outcome]  # complete response (SDK model or JSON dict) -> outcome
+    stream_state: Callable[[bool], Any] | None  # new state object following a stream, given capture
+    include_usage: bool  # streams need ``stream_options.include_usage`` to report usage
+    has_output: bool  # False: nothing to reserve for output tokens (embeddings)
+    request_attributes: Callable[[Mapping[str, Any]], dict[str, Any]] | None  # extra, API-specific
+    input_attributes: Callable[[Mapping[str, Any]], dict[str, Any]]  # content capture only
+
+
+CHAT = Shape(OPERATION_CHAT, read_chat, ChatStreamState, True, True, None, chat_input_attributes)
+# The GenAI conventions name Responses API calls "chat" too (as the official instrumentation does).
+RESPONSES = Shape(OPERATION_CHAT, read_responses, ResponsesStreamState, False, True, None, responses_input_attributes)
+EMBEDDINGS = Shape(OPERATION_EMBEDDINGS, read_embeddings, None, False, False, embeddings_request_attributes, no_attributes)
+COMPLETIONS = Shape(OPERATION_TEXT_COMPLETION, read_chat, ChatStreamState, True, True, None, completion_input_attributes)
+
+
+# ---------------------------------------------------------------------- budget estimate
 
 
 def estimate_input_tokens(kwargs: Mapping[str, Any]) -> int:
@@ -176,11 +575,23 @@ def estimate_input_tokens(kwargs: Mapping[str, Any]) -> int:
         value = kwargs.get(key)
         if value is not None:
             total += _text_bound(value)
-    for key in ("tools", "functions", "response_format", "text"):
+    for key in ("tools", "functions", "response_format", "text", "text_format"):
         value = kwargs.get(key)
         if is_given(value):
-            total += len(repr(value).encode())
+            total += _schema_bound(value)
     return total
+
+
+def _schema_bound(value: Any) -> int:
+    """Bytes of a tool list / output format, a ``.parse()`` model class counted by its JSON schema."""
+    if isinstance(value, type):
+        schema = getattr(value, "model_json_schema", None)
+        if schema is not None:
+            try:
+                return len(json.dumps(schema()).encode())
+            except Exception:
+                pass
+    return len(repr(value).encode())
 
 
 def _text_bound(value: Any) -> int:

@@ -1,50 +1,65 @@
-"""Stream proxies: the span of a streamed call ends when the stream does, exactly once.
+"""Proxies that end a call's span when what the user holds ends, exactly once.
 
-A stream ends by being exhausted, closed, left through ``with``/``async with``,
-broken by an error, or garbage-collected unclosed; each path finishes the call
-with what the chunks showed. The user sees exactly the chunks they would have
-seen without us: when we asked the API for usage on their behalf, the extra
-usage-only chunk is hidden.
+* Stream proxies (``Stream`` / ``AsyncStream``): a stream ends by being
+  exhausted, closed, left through ``with``/``async with``, broken by an error,
+  or garbage-collected unclosed; each path finishes the call with what the
+  chunks showed. The user sees exactly the chunks they would have seen without
+  us: when we asked the API for usage on their behalf, the extra usage-only
+  chunk is hidden.
+* Stream-helper managers (``chat.completions.stream()``, ``responses.stream()``):
+  the helper closes the HTTP response, not the stream object we handed it, so
+  leaving the ``with`` block finishes the call explicitly.
+* Raw responses (``.with_raw_response`` / ``.with_streaming_response``): usage
+  is read from what the SDK parsed or already holds — never by reading a body
+  the user has not read; a streamed raw response hands out a stream proxy from
+  ``parse()``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from typing import Any
 
 import wrapt
 
 from .call import LLMCall
-from .parsing import ChatStreamState, usage_from
+from .parsing import Shape, read_json_body
 
 _log = logging.getLogger(__name__)
+
+_NO_OUTCOME = (None, {}, None)
+
+# While a stream helper's manager is being entered, the stream proxies created for it.
+STREAM_SLOT: contextvars.ContextVar[list | None] = contextvars.ContextVar("wflo_otel_stream_slot", default=None)
 
 
 class _StreamProxy(wrapt.ObjectProxy):
     """State and endings shared by the sync and async proxies."""
 
-    def __init__(self, stream: Any, call: LLMCall, hide_usage_chunk: bool) -> None:
+    def __init__(self, stream: Any, call: LLMCall, state: Any, hide_usage_chunk: bool) -> None:
         super().__init__(stream)
         self._self_call = call
-        self._self_state = ChatStreamState()
+        self._self_state = state
         self._self_hide = hide_usage_chunk
 
-    def _self_accept(self, chunk: Any) -> bool:
-        """Observe a chunk; False if the user must not see it."""
-        try:
-            usage_only = self._self_state.observe(chunk)
-        except Exception:
-            _log.debug("wflo-otel: unreadable stream chunk", exc_info=True)
-            return True
-        return not (usage_only and self._self_hide)
+    def _self_unreadable(self) -> bool:
+        _log.debug("wflo-otel: unreadable stream chunk", exc_info=True)
+        return False
 
     def _self_finish(self) -> None:
         """Finish with what was seen; may raise BudgetExceededError (stream exhausted over budget)."""
-        state = self._self_state
-        self._self_call.finish(usage_from(state.usage_obj), state.attributes())
+        try:
+            outcome = self._self_state.result()
+        except Exception:
+            _log.debug("wflo-otel: could not read stream state", exc_info=True)
+            outcome = _NO_OUTCOME
+        self._self_call.finish(*outcome)
 
     def _self_finish_quietly(self) -> None:
         """Finish without raising: close(), __exit__ and GC are no place for a budget error."""
+        if self._self_call.ended:
+            return
         try:
             self._self_finish()
         except Exception:
@@ -70,7 +85,12 @@ class SyncStreamProxy(_StreamProxy):
             except BaseException as exc:  # cancellation too: the span must end
                 self._self_call.fail(exc)
                 raise
-            if self._self_accept(chunk):
+            # Per chunk: observe it, and hide the usage-only chunk we asked for on the user's behalf.
+            try:
+                usage_only = self._self_state.observe(chunk)
+            except Exception:
+                usage_only = self._self_unreadable()
+            if not (usage_only and self._self_hide):
                 return chunk
 
     def __enter__(self):
@@ -104,7 +124,12 @@ class AsyncStreamProxy(_StreamProxy):
             except BaseException as exc:  # cancellation too: the span must end
                 self._self_call.fail(exc)
                 raise
-            if self._self_accept(chunk):
+            # Per chunk: observe it, and hide the usage-only chunk we asked for on the user's behalf.
+            try:
+                usage_only = self._self_state.observe(chunk)
+            except Exception:
+                usage_only = self._self_unreadable()
+            if not (usage_only and self._self_hide):
                 return chunk
 
     async def __aenter__(self):
@@ -122,3 +147,163 @@ class AsyncStreamProxy(_StreamProxy):
             await self.__wrapped__.close()
         finally:
             self._self_finish_quietly()
+
+
+def wrap_stream(stream: Any, call: LLMCall, state: Any, hide_usage_chunk: bool) -> _StreamProxy:
+    """The proxy the user gets instead of an SDK stream (registered with an entering stream helper)."""
+    cls = AsyncStreamProxy if hasattr(stream, "__anext__") else SyncStreamProxy
+    proxy = cls(stream, call, state, hide_usage_chunk)
+    slot = STREAM_SLOT.get()
+    if slot is not None:
+        slot.append(proxy)
+    return proxy
+
+
+# ---------------------------------------------------------------------- stream helpers
+
+
+class StreamManagerProxy(wrapt.ObjectProxy):
+    """``with client.chat.completions.stream(...)`` / ``responses.stream(...)``: leaving the block ends the call."""
+
+    def __init__(self, manager: Any) -> None:
+        super().__init__(manager)
+        self._self_streams: list = []
+
+    def __enter__(self):
+        token = STREAM_SLOT.set(self._self_streams)
+        try:
+            return self.__wrapped__.__enter__()
+        finally:
+            STREAM_SLOT.reset(token)
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, tb)
+        finally:
+            for stream in self._self_streams:
+                stream._self_finish_quietly()
+
+
+class AsyncStreamManagerProxy(wrapt.ObjectProxy):
+    """``async with client.chat.completions.stream(...)``: leaving the block ends the call."""
+
+    def __init__(self, manager: Any) -> None:
+        super().__init__(manager)
+        self._self_streams: list = []
+
+    async def __aenter__(self):
+        token = STREAM_SLOT.set(self._self_streams)
+        try:
+            return await self.__wrapped__.__aenter__()
+        finally:
+            STREAM_SLOT.reset(token)
+
+    async def __aexit__(self, exc_type, exc, tb):
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
+        finally:
+            for stream in self._self_streams:
+                stream._self_finish_quietly()
+
+
+# ---------------------------------------------------------------------- raw responses
+
+
+class _RawResponseProxy(wrapt.ObjectProxy):
+    """An SDK raw response (``LegacyAPIResponse`` / ``APIResponse``) whose call is still open."""
+
+    def __init__(self, response: Any, call: LLMCall, shape: Shape, capture: bool, hide: bool, streaming: bool) -> None:
+        super().__init__(response)
+        self._self_call = call
+        self._self_shape = shape
+        self._self_capture = capture
+        self._self_hide = hide
+        self._self_streaming = streaming
+        self._self_inner: Any = None  # the SDK stream parse() returned
+        self._self_stream: _StreamProxy | None = None  # our proxy of it
+
+    def _self_parsed(self, parsed: Any) -> Any:
+        """After the user's ``parse()``: hand out our stream proxy, or finish from the parsed response."""
+        call = self._self_call
+        if self._self_streaming:
+            if parsed is self._self_inner and parsed is not None:
+                return self._self_stream  # parse() again: the SDK's cached stream, our same proxy
+            if self._self_inner is None and (hasattr(parsed, "__next__") or hasattr(parsed, "__anext__")):
+                try:
+                    state = self._self_shape.stream_state(self._self_capture)
+                except Exception:
+                    _log.debug("wflo-otel: could not follow raw stream", exc_info=True)
+                    return parsed
+                self._self_inner = parsed
+                self._self_stream = wrap_stream(parsed, call, state, self._self_hide)
+                return self._self_stream
+            return parsed
+        if not call.ended:
+            try:
+                outcome = self._self_shape.read(parsed, self._self_capture)
+            except Exception:
+                _log.debug("wflo-otel: unreadable raw response", exc_info=True)
+                outcome = _NO_OUTCOME
+            call.finish(*outcome)  # may raise BudgetExceededError, as the call itself would have
+        return parsed
+
+    def _self_end(self, closing: bool) -> None:
+        """The response is closed (or dropped): finish with what the SDK holds, never raising."""
+        call = getattr(self, "_self_call", None)
+        if call is None or call.ended:
+            return
+        stream = self._self_stream
+        if stream is not None:
+            # The stream we handed out owns the call; closing the response ends it,
+            # dropping the response object while the stream is being read does not.
+            if closing:
+                stream._self_finish_quietly()
+            return
+        outcome = _NO_OUTCOME
+        try:
+            if not self._self_streaming:
+                body = read_json_body(self.__wrapped__.http_response)  # only if the user read it
+                if body is not None:
+                    outcome = self._self_shape.read(body, self._self_capture)
+        except Exception:
+            _log.debug("wflo-otel: unreadable raw response body", exc_info=True)
+        try:
+            call.finish(*outcome)
+        except Exception:
+            pass
+
+    def __del__(self) -> None:
+        self._self_end(False)
+
+
+class LegacyResponseProxy(_RawResponseProxy):
+    """``.with_raw_response`` of a streamed call: ``parse()`` gives the stream (sync or async)."""
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_parsed(self.__wrapped__.parse(*args, **kwargs))
+
+
+class APIResponseProxy(_RawResponseProxy):
+    """``.with_streaming_response`` (sync): usage from ``parse()``, or from the body read when it closes."""
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_parsed(self.__wrapped__.parse(*args, **kwargs))
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_end(True)
+
+
+class AsyncAPIResponseProxy(_RawResponseProxy):
+    """``.with_streaming_response`` (async)."""
+
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_parsed(await self.__wrapped__.parse(*args, **kwargs))
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_end(True)

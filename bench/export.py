@@ -1,0 +1,402 @@
+"""Benchmark: spans persisted per second by the SQL exporter, next to the floor of each engine.
+
+Run: python bench/export.py [--spans 70000] [--engines sqlite,postgresql] [--pg-method unnest|copy|both]
+                            [--sustained 10] [--rate 5000] [--pg-url postgresql://postgres@127.0.0.1:5432/postgres]
+
+Spans are real SDK spans of realistic workflow executions (a workflow root as
+``wflo_otel.workflow`` makes it, a plain step, five CLIENT LLM spans with GenAI
+usage attributes and ``wflo.cost.usd``: 7 spans per execution), ended on a
+``TracerProvider`` whose ``BatchSpanProcessor`` feeds ``SQLSpanExporter``.
+
+Throughput (per engine, fresh database, schema migrated beforehand):
+
+* ``export() alone``: the captured spans fed to ``export()`` in batches of 512 with
+  nothing else running — mapping the spans to rows, converting them, and the
+  transaction (definitions, executions, steps, totals). Compared with the floor.
+* ``in pipeline``: spans / time spent inside ``export()`` while the application
+  thread is creating spans (they share the GIL).
+* ``end to end``: spans / wall time from the first span started to ``force_flush()``
+  returning — span creation in the application thread included (one GIL).
+* ``floor``: the same step rows, already converted, written by the bare driver in
+  batches of the same size: asyncpg ``copy_records_to_table`` (PostgreSQL) and
+  sqlite3 ``executemany`` in one transaction per batch (SQLite), into the same
+  table with the same indexes. Nothing can persist these rows faster.
+
+Target: ``export() alone`` ≥ 50 % of the floor.
+
+Sustained: a producer thread ends spans at ``--rate`` spans/s for ``--sustained``
+seconds through a ``BatchSpanProcessor`` with the SDK's default settings (queue
+2048, batches of 512, 5 s delay); then counts the spans the processor dropped
+(its "Queue full" warnings) and the rows that landed. Target: none dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from wflo_otel.exporters import store as S
+from wflo_otel.exporters.mapping import RowBatch, map_records
+from wflo_otel.exporters.records import record_from_readable_span
+from wflo_otel.exporters.sql import SQLSpanExporter
+from wflo_otel.pricing import default_pricebook
+
+SPANS_PER_EXECUTION = 7
+BATCH = 512
+MODELS = ("gpt-4o-mini", "gpt-4o", "o3-mini")
+
+
+def emit_workflows(tracer, count: int, offset: int = 0) -> None:
+    for i in range(offset, offset + count):
+        name = f"workflow-{i % 20}"
+        execution_id = uuid.uuid4().hex
+        common = {"wflo.execution.id": execution_id, "wflo.workflow.name": name}
+        with tracer.start_as_current_span(
+            f"invoke_workflow {name}",
+            attributes={
+                "gen_ai.operation.name": "invoke_workflow",
+                "gen_ai.workflow.name": name,
+                "wflo.execution.root": True,
+                "wflo.budget.usd": 0.5,
+                "wflo.workflow.inputs": json.dumps({"ticket": i}),
+                "wflo.step.kind": "workflow",
+                "wflo.correlation_id": execution_id,
+                **common,
+            },
+        ) as root:
+            with tracer.start_as_current_span("retrieve", attributes={"wflo.step.kind": "step", **common}):
+                pass
+            cost = 0.0
+            for k in range(5):
+                model = MODELS[(i + k) % 3]
+                inp, out = 200 + (i * 7 + k) % 3000, 20 + (i * 13 + k) % 800
+                c = (inp * 0.15 + out * 0.6) / 1e6
+                cost += c
+                with tracer.start_as_current_span(
+                    f"chat {model}",
+                    kind=SpanKind.CLIENT,
+                    attributes={
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.provider.name": "openai",
+                        "gen_ai.request.model": model,
+                        "gen_ai.request.max_tokens": 1024,
+                        "gen_ai.response.model": model + "-2025-01-01",
+                        "gen_ai.response.id": "chatcmpl-" + execution_id[:12] + str(k),
+                        "gen_ai.response.finish_reasons": ("stop",),
+                        "gen_ai.usage.input_tokens": inp,
+                        "gen_ai.usage.output_tokens": out,
+                        "gen_ai.usage.cache_read.input_tokens": 128 if k else 0,
+                        "server.address": "api.openai.com",
+                        "server.port": 443,
+                        "wflo.cost.usd": c,
+                        "wflo.cost.source": "genai-prices@bench",
+                        **common,
+                    },
+                ):
+                    pass
+            root.set_attribute("wflo.execution.status", "COMPLETED")
+            root.set_attribute("wflo.execution.cost_usd", cost)
+
+
+class TimedExporter(SQLSpanExporter):
+    """Our exporter, timing its own export() calls."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.export_s = 0.0
+        self.spans_seen = 0
+
+    def export(self, spans):
+        started = time.perf_counter()
+        try:
+            return super().export(spans)
+        finally:
+            self.export_s += time.perf_counter() - started
+            self.spans_seen += len(spans)
+
+
+class DropCounter(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.dropped = 0
+
+    def emit(self, record):
+        if "Queue full" in record.getMessage() or "dropping" in record.getMessage().lower():
+            self.dropped += 1
+
+
+# --------------------------------------------------------------------------- databases
+
+
+class PgDatabase:
+    def __init__(self, admin_url: str):
+        self.admin_url = admin_url
+        self.name = f"wflo_bench_{uuid.uuid4().hex[:10]}"
+        self.url = admin_url.rsplit("/", 1)[0] + "/" + self.name
+
+    def __enter__(self):
+        asyncio.run(self._admin(f'CREATE DATABASE "{self.name}"'))
+        return self.url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    def __exit__(self, *exc):
+        asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+
+    async def _admin(self, sql):
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+
+class SqliteDatabase:
+    def __enter__(self):
+        self.dir = tempfile.TemporaryDirectory()
+        return f"sqlite+aiosqlite:///{self.dir.name}/bench.db"
+
+    def __exit__(self, *exc):
+        self.dir.cleanup()
+
+
+def database(engine: str, args):
+    return PgDatabase(args.pg_url) if engine == "postgresql" else SqliteDatabase()
+
+
+def migrate(url: str) -> None:
+    from wflo_otel import migrations
+
+    migrations.upgrade(url)
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def measure_exporter(engine: str, url: str, n_executions: int, pg_method: str, spool: Path) -> dict:
+    store = S.SpanStore(url, pg_method=pg_method)
+    exporter = TimedExporter(url, store=store, spool_dir=spool, handle_sigterm=False)
+    exporter.migrate()
+    provider = TracerProvider()
+    capture = InMemorySpanExporter()
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, max_queue_size=n_executions * SPANS_PER_EXECUTION + 1, max_export_batch_size=BATCH)
+    )
+    provider.add_span_processor(SimpleSpanProcessor(capture))  # the same spans, for the floor
+    tracer = provider.get_tracer("bench")
+    started = time.perf_counter()
+    emit_workflows(tracer, n_executions)
+    provider.force_flush(600_000)
+    wall = time.perf_counter() - started
+    spans = list(capture.get_finished_spans())
+    provider.shutdown()
+    stats = exporter.stats()
+    rows = asyncio.run(_count(url))
+    return {
+        "spans": len(spans),
+        "rows": rows,
+        "exporter_rate": exporter.spans_seen / exporter.export_s,
+        "end_to_end_rate": len(spans) / wall,
+        "captured": spans,
+        "stats": stats,
+    }
+
+
+async def _count(url: str) -> int:
+    engine = S.create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            import sqlalchemy as sa
+
+            return (await conn.execute(sa.text("SELECT COUNT(*) FROM step_executions"))).scalar_one()
+    finally:
+        await engine.dispose()
+
+
+def measure_isolated(url: str, spans, pg_method: str, spool: Path) -> float:
+    """export() alone: the captured spans fed in batches, no application thread competing for the GIL."""
+    store = S.SpanStore(url, pg_method=pg_method)
+    exporter = SQLSpanExporter(url, store=store, spool_dir=spool, handle_sigterm=False)
+    exporter.migrate()
+    started = time.perf_counter()
+    for i in range(0, len(spans), BATCH):
+        exporter.export(spans[i : i + BATCH])
+    elapsed = time.perf_counter() - started
+    exporter.shutdown()
+    return len(spans) / elapsed
+
+
+def floor_rows(spans) -> tuple[list[RowBatch], list[list[tuple]]]:
+    pricebook = default_pricebook()
+    batches = [map_records((record_from_readable_span(s) for s in spans[i : i + BATCH]), pricebook) for i in range(0, len(spans), BATCH)]
+    return batches, []
+
+
+def measure_floor(engine: str, url: str, spans) -> float:
+    """The same step rows, converted beforehand, written by the bare driver."""
+    batches, _ = floor_rows(spans)
+    sqlite = engine == "sqlite"
+    rows = [S._rows(S._sorted(b.steps), S.STEP_COLUMNS, sqlite=sqlite) for b in batches]
+    parents = RowBatch()
+    for b in batches:  # the executions the steps reference (not timed)
+        parents.definitions.update(b.definitions)
+        parents.executions.update(b.executions)
+    store = S.SpanStore(url)
+    asyncio.run(_write_and_dispose(store, parents))
+    count = sum(len(r) for r in rows)
+    columns = [c.name for c in S.STEP_COLUMNS]
+    if sqlite:
+        path = url.split("///", 1)[1]
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        sql = f"INSERT INTO step_executions ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        started = time.perf_counter()
+        for batch in rows:
+            conn.execute("BEGIN")
+            conn.executemany(sql, batch)
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - started
+        conn.close()
+        return count / elapsed
+
+    async def copy():
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            started = time.perf_counter()
+            for batch in rows:
+                await conn.copy_records_to_table("step_executions", records=batch, columns=columns)
+            return time.perf_counter() - started
+        finally:
+            await conn.close()
+
+    return count / asyncio.run(copy())
+
+
+async def _write_and_dispose(store, batch):
+    try:
+        await store.write(batch)
+    finally:
+        await store.dispose()
+
+
+def measure_sustained(url: str, rate: int, seconds: float, spool: Path) -> dict:
+    exporter = SQLSpanExporter(url, spool_dir=spool, handle_sigterm=False)
+    exporter.migrate()
+    drops = DropCounter()
+    for name in ("opentelemetry.sdk._shared_internal", "opentelemetry.sdk.trace.export"):
+        logging.getLogger(name).addHandler(drops)
+        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).propagate = False
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))  # SDK defaults
+    tracer = provider.get_tracer("bench")
+    executions_per_tick = 1
+    tick = executions_per_tick * SPANS_PER_EXECUTION / rate
+    produced = 0
+    started = time.perf_counter()
+    next_at = started
+    behind = 0.0
+    while time.perf_counter() - started < seconds:
+        emit_workflows(tracer, executions_per_tick, offset=produced)
+        produced += executions_per_tick
+        next_at += tick
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            behind = max(behind, -delay)
+    achieved = produced * SPANS_PER_EXECUTION / (time.perf_counter() - started)
+    provider.force_flush(120_000)
+    provider.shutdown()
+    for name in ("opentelemetry.sdk._shared_internal", "opentelemetry.sdk.trace.export"):
+        logging.getLogger(name).removeHandler(drops)
+    rows = asyncio.run(_count(url))
+    return {
+        "produced": produced * SPANS_PER_EXECUTION,
+        "rate": achieved,
+        "rows": rows,
+        "dropped": drops.dropped,
+        "spooled": exporter.stats()["spooled_spans"],
+        "lost": exporter.stats()["lost_spans"] + exporter.stats()["failed_spans"],
+        "max_lag_s": behind,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spans", type=int, default=70_000, help="spans per throughput run (7 per execution)")
+    parser.add_argument("--engines", default="sqlite,postgresql")
+    parser.add_argument("--pg-method", choices=("unnest", "copy", "both"), default="both")
+    parser.add_argument("--sustained", type=float, default=10.0, metavar="SECONDS", help="0 to skip")
+    parser.add_argument("--rate", type=int, default=5000, help="spans/s for --sustained")
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    n_executions = max(1, args.spans // SPANS_PER_EXECUTION)
+    spool = Path(tempfile.mkdtemp(prefix="wflo-bench-spool-"))
+
+    results = []
+    for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
+        methods = ["unnest", "copy"] if (engine == "postgresql" and args.pg_method == "both") else [args.pg_method]
+        if engine == "sqlite":
+            methods = ["executemany"]
+        for method in methods:
+            with database(engine, args) as url:
+                migrate(url)
+                run = measure_exporter(engine, url, n_executions, "copy" if method == "copy" else "unnest", spool)
+            with database(engine, args) as url:
+                migrate(url)
+                isolated = measure_isolated(url, run["captured"], "copy" if method == "copy" else "unnest", spool)
+            with database(engine, args) as url:
+                migrate(url)
+                floor = measure_floor(engine, url, run["captured"])
+            assert run["rows"] == run["spans"], f"{engine}: {run['rows']} rows for {run['spans']} spans"
+            run["isolated_rate"] = isolated
+            results.append((engine, method, run, floor))
+            print(f"... {engine}/{method}: done", file=sys.stderr)
+
+    print(f"\nThroughput: {n_executions * SPANS_PER_EXECUTION:,} spans ({n_executions:,} executions of 7 spans), batches of {BATCH}\n")
+    header = (
+        f"{'engine':<11} {'write':<12} {'export() alone':>14} {'in pipeline':>11} {'end-to-end':>10}"
+        f" {'floor rows/s':>12} {'alone/floor':>11} {'pipeline/floor':>14}"
+    )
+    print(header)
+    print("-" * len(header))
+    for engine, method, run, floor in results:
+        print(
+            f"{engine:<11} {method:<12} {run['isolated_rate']:14,.0f} {run['exporter_rate']:11,.0f}"
+            f" {run['end_to_end_rate']:10,.0f} {floor:12,.0f} {run['isolated_rate'] / floor:11.0%}"
+            f" {run['exporter_rate'] / floor:14.0%}"
+        )
+    print("spans/s. export() alone: captured spans fed to export() in batches, nothing else running;")
+    print("in pipeline: spans / time inside export() while the application thread creates spans (shared GIL);")
+    print("end-to-end: spans / wall time from the first span to force_flush(); floor: the same step rows,")
+    print("pre-converted, by asyncpg copy_records_to_table / sqlite3 executemany, one transaction per batch.")
+
+    if args.sustained > 0:
+        print(f"\nSustained: {args.rate:,} spans/s for {args.sustained:g} s, BatchSpanProcessor defaults\n")
+        print(f"{'engine':<11} {'produced':>9} {'achieved sp/s':>13} {'rows':>9} {'dropped':>8} {'spooled':>8}")
+        for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
+            with database(engine, args) as url:
+                migrate(url)
+                s = measure_sustained(url, args.rate, args.sustained, spool)
+            print(f"{engine:<11} {s['produced']:9,} {s['rate']:13,.0f} {s['rows']:9,} {s['dropped']:8,} {s['spooled']:8,}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

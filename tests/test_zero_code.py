@@ -1,0 +1,180 @@
+"""Zero-code runs: ``OTEL_TRACES_EXPORTER=wflo opentelemetry-instrument python app.py``.
+
+The app only imports ``openai`` and calls the local OpenAI-compatible server.
+Everything else comes from entry points: the ``wflo`` distro and configurator
+(budget processor ahead of the exporter, ``WFLO_DEFAULT_BUDGET_USD``), the
+OpenAI instrumentor, and the ``wflo`` traces exporter writing ``./wflo.db``.
+Each run is a subprocess in a temporary working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+APP = """
+import os
+import openai
+
+client = openai.OpenAI(base_url=os.environ["FAKE_OPENAI_URL"], api_key="test-key", max_retries=0)
+for i in range(3):
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": f"question {i}"}], max_tokens=100
+    )
+    print("answered", i)
+try:
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "a long essay"}], max_tokens=100_000
+    )
+    print("big call sent")
+except Exception as exc:
+    print("big call refused:", type(exc).__name__, getattr(exc, "budget_usd", None))
+"""
+
+PROCESSORS = """
+from opentelemetry import trace
+import openai  # noqa: F401  (what the app would do)
+
+provider = trace.get_tracer_provider()
+print([type(p).__name__ for p in provider._active_span_processor._span_processors])
+"""
+
+
+def run_instrumented(cwd: Path, source: str, openai_server, **env_extra: str) -> subprocess.CompletedProcess:
+    (cwd / "app.py").write_text(textwrap.dedent(source))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "WFLO_"))}
+    env.update(
+        FAKE_OPENAI_URL=openai_server.base_url,
+        OTEL_SERVICE_NAME="zero-code-app",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        **env_extra,
+    )
+    result = subprocess.run(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, "app.py"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    connection = sqlite3.connect(db)
+    try:
+        return connection.execute(sql).fetchall()
+    finally:
+        connection.close()
+
+
+def test_opentelemetry_instrument_lands_executions_and_llm_calls_in_wflo_db(tmp_path, openai_server):
+    before = openai_server.request_count
+    result = run_instrumented(tmp_path, APP, openai_server, OTEL_TRACES_EXPORTER="wflo")
+
+    assert "answered 2" in result.stdout and "big call sent" in result.stdout  # no budget: nothing refused
+    assert openai_server.request_count - before == 4
+    db = tmp_path / "wflo.db"  # the default database, in the working directory
+    executions = rows(db, "SELECT id, trace_id, workflow_id, status, service_name FROM workflow_executions")
+    assert len(executions) == 4  # each call is a trace of its own, and so an execution
+    for execution_id, trace_id, workflow, status, service in executions:
+        assert (execution_id, workflow, status, service) == (trace_id, "chat gpt-4o-mini", "COMPLETED", "zero-code-app")
+    steps = rows(
+        db, "SELECT request_model, response_model, input_tokens, output_tokens, attributes FROM step_executions"
+    )
+    assert len(steps) == 4
+    for request_model, response_model, input_tokens, output_tokens, attributes in steps:
+        assert request_model == "gpt-4o-mini" and response_model.startswith("gpt-4o-mini")
+        assert input_tokens > 0 and output_tokens > 0
+        attributes = json.loads(attributes)
+        assert attributes["wflo.cost.usd"] > 0  # priced by the instrumentation
+        assert attributes["wflo.cost.source"].startswith("genai-prices")
+
+
+def test_zero_code_llm_calls_are_priced_llm_steps_and_counted_in_execution_totals(tmp_path, openai_server):
+    run_instrumented(tmp_path, APP, openai_server, OTEL_TRACES_EXPORTER="wflo")
+    db = tmp_path / "wflo.db"
+    steps = rows(db, "SELECT kind, cost_usd FROM step_executions")
+    assert steps and all(kind == "llm" and cost > 0 for kind, cost in steps)
+    totals = rows(db, "SELECT llm_calls, cost_total_usd FROM workflow_executions")
+    assert all(calls == 1 and cost > 0 for calls, cost in totals)
+
+
+def test_default_budget_caps_every_trace_and_refuses_before_sending(tmp_path, openai_server):
+    before = openai_server.request_count
+    # Each 100-token call fits $0.0002 on its own (about $0.00006 worst case for gpt-4o-mini),
+    # three of them would not fit one budget: the cap is per trace, not per process.
+    result = run_instrumented(
+        tmp_path, APP, openai_server, OTEL_TRACES_EXPORTER="wflo", WFLO_DEFAULT_BUDGET_USD="0.0002"
+    )
+
+    assert "answered 2" in result.stdout
+    assert "big call refused: BudgetExceededError 0.0002" in result.stdout
+    assert openai_server.request_count - before == 3  # the refused call never left the process
+    db = tmp_path / "wflo.db"
+    budgets = rows(db, "SELECT budget_usd FROM workflow_executions")
+    assert len(budgets) == 4 and all(b == pytest.approx(0.0002) for (b,) in budgets)
+    (refused,) = rows(db, "SELECT error_type FROM step_executions WHERE error_type IS NOT NULL")
+    assert refused == ("BudgetExceededError",)
+
+
+def test_the_budget_processor_runs_ahead_of_the_exporting_processor(tmp_path, openai_server):
+    result = run_instrumented(tmp_path, PROCESSORS, openai_server, OTEL_TRACES_EXPORTER="wflo")
+    assert result.stdout.strip() == "['BudgetSpanProcessor', 'BatchSpanProcessor']"
+
+
+OTHER_DISTRO = """
+import os
+
+from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+
+
+class OtherDistro(BaseDistro):  # what opentelemetry-distro does
+    def _configure(self, **kwargs):
+        os.environ.setdefault("OTEL_TRACES_EXPORTER", "otlp")
+
+
+class OtherConfigurator(_OTelSDKConfigurator):
+    pass
+"""
+
+
+def _install_other_distro(site: Path) -> None:
+    """A stand-in for opentelemetry-distro: its own distro and configurator entry points."""
+    site.mkdir()
+    (site / "other_distro.py").write_text(OTHER_DISTRO)
+    info = site / "other_distro-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: other-distro\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[opentelemetry_distro]\nother = other_distro:OtherDistro\n\n"
+        "[opentelemetry_configurator]\nother = other_distro:OtherConfigurator\n"
+    )
+
+
+def test_budgets_hold_when_another_distro_configures_the_sdk(tmp_path, openai_server):
+    _install_other_distro(tmp_path / "site")
+    env = dict(
+        PYTHONPATH=str(tmp_path / "site"),
+        OTEL_PYTHON_DISTRO="other",
+        OTEL_PYTHON_CONFIGURATOR="other",
+        OTEL_TRACES_EXPORTER="wflo",
+        WFLO_DEFAULT_BUDGET_USD="0.0002",
+    )
+    result = run_instrumented(tmp_path, APP, openai_server, **env)
+    assert "big call refused: BudgetExceededError" in result.stdout
+    assert len(rows(tmp_path / "wflo.db", "SELECT id FROM workflow_executions")) == 4
+
+    order = run_instrumented(tmp_path, PROCESSORS, openai_server, **env)
+    assert order.stdout.strip() == "['BudgetSpanProcessor', 'BatchSpanProcessor']"
