@@ -193,3 +193,27 @@ async def test_concurrent_async_calls_each_get_their_own_span(telemetry, async_c
     assert len(spans) == 20
     assert len({s.context.span_id for s in spans}) == 20
     assert wf.spent_usd == pytest.approx(sum(s.attributes["wflo.cost.usd"] for s in spans))
+
+
+def test_llm_span_is_current_while_the_request_is_sent(telemetry, openai_server):
+    """So HTTP client spans (httpx instrumentation) nest under the LLM span, not beside it."""
+    from opentelemetry import trace
+
+    seen = []
+    http_client = openai.DefaultHttpxClient(event_hooks={"request": [lambda request: seen.append(trace.get_current_span())]})
+    client = openai.OpenAI(base_url=openai_server.base_url, api_key="k", max_retries=0, http_client=http_client)
+    with wflo_otel.workflow("w"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    (llm,) = telemetry.llm_spans()
+    assert [s.get_span_context().span_id for s in seen] == [llm.context.span_id]
+
+
+def test_instrumented_call_inside_a_tracked_function_is_counted_once(telemetry, client):
+    @wflo_otel.track_llm_call(model="gpt-4o-mini")
+    def gateway():
+        return client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    with wflo_otel.workflow("w") as wf:
+        gateway()
+    (llm,) = telemetry.llm_spans()
+    assert wf.spent_usd == pytest.approx(llm.attributes["wflo.cost.usd"])

@@ -178,3 +178,29 @@ def test_budgets_hold_when_another_distro_configures_the_sdk(tmp_path, openai_se
 
     order = run_instrumented(tmp_path, PROCESSORS, openai_server, **env)
     assert order.stdout.strip() == "['BudgetSpanProcessor', 'BatchSpanProcessor']"
+
+
+def test_configure_under_the_distro_adopts_its_budget_processor(tmp_path):
+    """opentelemetry-instrument already installed budgets: configure() must not add a second set."""
+    code = """
+import wflo_otel
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from wflo_otel import budget, distro
+
+provider = TracerProvider()
+trace.set_tracer_provider(provider)
+processor = distro.new_budget_processor()
+distro.install_first(provider, processor)
+budget.set_active_processor(processor)
+
+handle = wflo_otel.configure()
+assert handle.budget_processor is processor
+assert len(provider._active_span_processor._span_processors) == 1, provider._active_span_processor._span_processors
+handle.shutdown()
+assert budget.active_processor() is processor, "the distro's processor stays active"
+print("adopted")
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "adopted" in result.stdout

@@ -21,36 +21,17 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 
 from .budget import (
+    active_processor,
     DEFAULT_SCOPE_TTL_S,
     ON_EXCEED_RAISE,
     UNKNOWN_MODEL_ALLOW,
     BudgetSpanProcessor,
     set_active_processor,
 )
-from .pricing import PriceBook, default_pricebook, load_price_file
+from .pricing import PriceBook
+from .settings import ENV_DEFAULT_BUDGET, ENV_DEFAULT_OUTPUT_TOKENS, env_float, env_int, pricebook_for
 
 _log = logging.getLogger(__name__)
-
-ENV_DATABASE_URL = "WFLO_DATABASE_URL"
-ENV_DEFAULT_BUDGET = "WFLO_DEFAULT_BUDGET_USD"
-ENV_PRICES_FILE = "WFLO_PRICES_FILE"
-ENV_DEFAULT_OUTPUT_TOKENS = "WFLO_DEFAULT_OUTPUT_TOKENS"
-
-
-def _env_float(name: str) -> float | None:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of USD, got {raw!r}") from None
-
-
-def _env_int(name: str) -> int | None:
-    value = _env_float(name)
-    return int(value) if value is not None else None
-
 
 class ProcessorSlot(SpanProcessor):
     """The one span processor wflo-otel adds to a TracerProvider.
@@ -106,6 +87,7 @@ class Handle:
     pricebook: PriceBook
     instrumentor: Any
     slot: ProcessorSlot
+    owns_budget: bool = True  # False when it adopted the zero-code distro's processor
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.slot.force_flush(timeout_millis)
@@ -123,7 +105,8 @@ class Handle:
             if self.instrumentor is not None:
                 self.instrumentor.uninstrument()
             self.slot.shutdown()
-            set_active_processor(None)
+            if self.owns_budget:
+                set_active_processor(None)
             with _lock:
                 if _handle is self:
                     _handle = None
@@ -166,9 +149,14 @@ def configure(
     with _lock:
         if _handle is not None:
             return _handle
-        pricebook = _pricebook(prices_file)
+        if tracer_provider is None:
+            adopted = _adopt_zero_code_setup()
+            if adopted is not None:
+                _handle = adopted
+                return adopted
+        pricebook = pricebook_for(prices_file)
         budget = BudgetSpanProcessor(
-            default_budget_usd=default_budget_usd if default_budget_usd is not None else _env_float(ENV_DEFAULT_BUDGET),
+            default_budget_usd=default_budget_usd if default_budget_usd is not None else env_float(ENV_DEFAULT_BUDGET),
             default_on_exceed=on_exceed,
             default_unknown_model=unknown_model,
             scope_ttl_s=scope_ttl_s,
@@ -192,6 +180,23 @@ def configure(
         return _handle
 
 
+def _adopt_zero_code_setup() -> Handle | None:
+    """Under ``opentelemetry-instrument`` the distro already installed budgets and the exporter.
+
+    configure() then hands back that setup instead of adding a second budget processor
+    and a second exporter to the global provider.
+    """
+    budget = active_processor()
+    provider = trace.get_tracer_provider()
+    if budget is None or not isinstance(provider, TracerProvider):
+        return None
+    from .distro import has_processor, pricebook
+
+    if not has_processor(provider, budget):
+        return None
+    return Handle(provider, budget, None, None, pricebook(), None, ProcessorSlot(), owns_budget=False)
+
+
 def _install_propagator() -> None:
     """tracecontext + wflo baggage, unless the user chose propagators explicitly."""
     if os.environ.get("OTEL_PROPAGATORS"):
@@ -203,13 +208,6 @@ def _install_propagator() -> None:
     from .propagation import WfloBaggagePropagator
 
     propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator(), WfloBaggagePropagator()]))
-
-
-def _pricebook(prices_file: str | None) -> PriceBook:
-    path = prices_file or os.environ.get(ENV_PRICES_FILE)
-    if not path:
-        return default_pricebook()
-    return PriceBook(overrides=load_price_file(path))
 
 
 def _provider(tracer_provider: TracerProvider | None, service_name: str | None) -> TracerProvider:
@@ -248,7 +246,7 @@ def _instrument_openai(provider, meter_provider, pricebook, budget, default_outp
         meter_provider=meter_provider,
         pricebook=pricebook,
         budget_processor=budget,
-        default_output_tokens=default_output_tokens or _env_int(ENV_DEFAULT_OUTPUT_TOKENS),
+        default_output_tokens=default_output_tokens or env_int(ENV_DEFAULT_OUTPUT_TOKENS),
     )
     return instrumentor
 

@@ -32,12 +32,10 @@ from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from . import budget as _budget
+from .settings import ENV_DEFAULT_BUDGET, ENV_DEFAULT_OUTPUT_TOKENS, env_float, env_int, pricebook_for
 
 _log = logging.getLogger(__name__)
 
-ENV_DEFAULT_BUDGET = "WFLO_DEFAULT_BUDGET_USD"
-ENV_PRICES_FILE = "WFLO_PRICES_FILE"
-ENV_DEFAULT_OUTPUT_TOKENS = "WFLO_DEFAULT_OUTPUT_TOKENS"
 _OPENAI_INSTRUMENTOR = "wflo_otel.instrumentation.openai:OpenAIInstrumentor"
 
 _lock = threading.Lock()
@@ -45,36 +43,26 @@ _pricebook: Any = None
 
 
 def pricebook() -> Any:
-    """The price book of this zero-code run (``$WFLO_PRICES_FILE`` overrides applied)."""
+    """The price book of this zero-code run (``$WFLO_PRICES_FILE`` overrides applied), built once."""
     global _pricebook
     with _lock:
         if _pricebook is None:
-            from .pricing import PriceBook, default_pricebook, load_price_file
-
-            path = os.environ.get(ENV_PRICES_FILE)
-            _pricebook = PriceBook(overrides=load_price_file(path)) if path else default_pricebook()
+            _pricebook = pricebook_for()
         return _pricebook
 
 
-def _env_float(name: str) -> float | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
+def _env_or_none(read, name: str):
+    """A zero-code run must not crash the application over a malformed variable: log and ignore it."""
     try:
-        return float(raw)
-    except ValueError:
-        _log.error("wflo-otel: %s must be a number of USD, got %r; no default budget", name, raw)
+        return read(name)
+    except ValueError as exc:
+        _log.error("wflo-otel: %s; ignored", exc)
         return None
-
-
-def _env_int(name: str) -> int | None:
-    value = _env_float(name)
-    return int(value) if value is not None else None
 
 
 def new_budget_processor() -> _budget.BudgetSpanProcessor:
     """A budget processor configured from the environment (``WFLO_DEFAULT_BUDGET_USD``)."""
-    return _budget.BudgetSpanProcessor(default_budget_usd=_env_float(ENV_DEFAULT_BUDGET), pricebook=pricebook())
+    return _budget.BudgetSpanProcessor(default_budget_usd=_env_or_none(env_float, ENV_DEFAULT_BUDGET), pricebook=pricebook())
 
 
 def install_first(provider: TracerProvider, processor: SpanProcessor) -> None:
@@ -142,7 +130,7 @@ class WfloDistro(BaseDistro):
             processor = _budget.active_processor()
             if processor is not None:
                 kwargs.setdefault("budget_processor", processor)
-            output_tokens = _env_int(ENV_DEFAULT_OUTPUT_TOKENS)
+            output_tokens = _env_or_none(env_int, ENV_DEFAULT_OUTPUT_TOKENS)
             if output_tokens:
                 kwargs.setdefault("default_output_tokens", output_tokens)
         super().load_instrumentor(entry_point, **kwargs)

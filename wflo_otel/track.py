@@ -13,7 +13,7 @@ import functools
 import inspect
 from typing import Any, Callable, TypeVar
 
-from opentelemetry import context, trace
+from opentelemetry import trace
 
 from .instrumentation.openai.call import LLMCall, Telemetry, begin
 from .instrumentation.openai.parsing import field, response_attributes, usage_from
@@ -71,30 +71,16 @@ def track_llm_call(model: str | None = None, *, operation: str = "chat") -> Call
 
             @functools.wraps(fn)
             async def async_wrapper(*args, **kwargs):
-                call = _start(model, operation, signature, args, kwargs)
-                token = context.attach(trace.set_span_in_context(call.span))
-                try:
+                with _start(model, operation, signature, args, kwargs) as call:
                     result = await fn(*args, **kwargs)
-                except BaseException as exc:
-                    call.fail(exc)
-                    raise
-                finally:
-                    context.detach(token)
                 return _finish(call, result)
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            call = _start(model, operation, signature, args, kwargs)
-            token = context.attach(trace.set_span_in_context(call.span))
-            try:
+            with _start(model, operation, signature, args, kwargs) as call:
                 result = fn(*args, **kwargs)
-            except BaseException as exc:
-                call.fail(exc)
-                raise
-            finally:
-                context.detach(token)
             return _finish(call, result)
 
         return wrapper  # type: ignore[return-value]

@@ -17,7 +17,6 @@ only learn which stream their ``create`` produced, to end it with the block.
 
 from __future__ import annotations
 
-import contextvars
 import importlib
 import logging
 import os
@@ -31,7 +30,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from ...errors import BudgetExceededError
 from ...metrics import GenAIMetrics
 from ...pricing import default_pricebook
-from .call import LLMCall, Telemetry, begin
+from .call import LLMCall, Telemetry, begin, in_llm_call
 from .parsing import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Shape, read_json_body
 from .streams import (
     APIResponseProxy,
@@ -92,8 +91,6 @@ class _State:
 
 
 _state = _State()
-# Set while an instrumented call is being sent: a patched method reached from inside it is not a new call.
-_IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("wflo_otel_in_llm_call", default=False)
 
 
 def capture_content_from_env() -> bool:
@@ -219,19 +216,13 @@ def _outcome(tel: Telemetry, call: LLMCall, shape: Shape, result: Any, hide: boo
 def _call_wrapper(shape: Shape):
     def wrapper(wrapped, instance, args, kwargs):
         tel = _state.tel
-        if tel is None or _IN_CALL.get() or not is_instrumentation_enabled():
+        if tel is None or in_llm_call() or not is_instrumentation_enabled():
             return wrapped(*args, **kwargs)
         call, hide = _start(tel, shape, instance, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
-        token = _IN_CALL.set(True)
-        try:
+        with call:
             result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            _IN_CALL.reset(token)
         return _outcome(tel, call, shape, result, hide, kwargs)
 
     return wrapper
@@ -240,19 +231,13 @@ def _call_wrapper(shape: Shape):
 def _async_call_wrapper(shape: Shape):
     async def wrapper(wrapped, instance, args, kwargs):
         tel = _state.tel
-        if tel is None or _IN_CALL.get() or not is_instrumentation_enabled():
+        if tel is None or in_llm_call() or not is_instrumentation_enabled():
             return await wrapped(*args, **kwargs)
         call, hide = _start(tel, shape, instance, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
-        token = _IN_CALL.set(True)
-        try:
+        with call:
             result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            _IN_CALL.reset(token)
         return _outcome(tel, call, shape, result, hide, kwargs)
 
     return wrapper
@@ -264,7 +249,7 @@ def _stream_helper_wrapper(proxy: type):
     def factory(shape: Shape):
         def wrapper(wrapped, instance, args, kwargs):
             manager = wrapped(*args, **kwargs)
-            if _state.tel is None or _IN_CALL.get() or not is_instrumentation_enabled():
+            if _state.tel is None or in_llm_call() or not is_instrumentation_enabled():
                 return manager
             return proxy(manager)
 

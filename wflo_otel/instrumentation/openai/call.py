@@ -13,6 +13,8 @@ import logging
 import time
 from typing import Any, Mapping
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from ... import attributes as A
@@ -35,6 +37,14 @@ from .parsing import (
 )
 
 _log = logging.getLogger(__name__)
+
+# Set in the context while a call is being sent: a patched method reached from inside
+# it (``parse`` calling ``create``) is part of that call, not a new one.
+_IN_CALL_KEY = otel_context.create_key("wflo_otel.in_llm_call")
+
+
+def in_llm_call() -> bool:
+    return otel_context.get_value(_IN_CALL_KEY) is True
 
 
 class Telemetry:
@@ -78,9 +88,14 @@ def server_attributes(instance: Any) -> dict[str, Any]:
 
 
 class LLMCall:
-    """One call in flight. Ends its span exactly once, whichever way the call ends."""
+    """One call in flight. Ends its span exactly once, whichever way the call ends.
 
-    __slots__ = ("tel", "span", "model", "operation", "reservation", "started", "metric_attrs", "ended")
+    ``with call:`` around sending the request makes the LLM span current (HTTP client
+    spans nest under it, metric exemplars point at it) and marks the context as inside
+    a call; an exception leaving the block fails the call and propagates unchanged.
+    """
+
+    __slots__ = ("tel", "span", "model", "operation", "reservation", "started", "metric_attrs", "ended", "_token")
 
     def __init__(self, tel: Telemetry, span: Span, model: Any, operation: str) -> None:
         self.tel = tel
@@ -91,6 +106,17 @@ class LLMCall:
         self.started = time.perf_counter()
         self.metric_attrs: dict[str, Any] | None = None
         self.ended = False
+
+    def __enter__(self) -> "LLMCall":
+        ctx = otel_context.set_value(_IN_CALL_KEY, True, trace.set_span_in_context(self.span))
+        self._token = otel_context.attach(ctx)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        otel_context.detach(self._token)
+        if exc is not None:
+            self.fail(exc)
+        return False
 
     # ------------------------------------------------------------------ outcomes
 

@@ -1,0 +1,34 @@
+"""The ``WFLO_*`` environment settings, read the same way by ``configure()`` and the zero-code distro."""
+
+from __future__ import annotations
+
+import os
+
+from .pricing import PriceBook, default_pricebook, load_price_file
+
+ENV_DATABASE_URL = "WFLO_DATABASE_URL"
+ENV_DEFAULT_BUDGET = "WFLO_DEFAULT_BUDGET_USD"
+ENV_PRICES_FILE = "WFLO_PRICES_FILE"
+ENV_DEFAULT_OUTPUT_TOKENS = "WFLO_DEFAULT_OUTPUT_TOKENS"
+
+
+def env_float(name: str) -> float | None:
+    """A number from the environment; None when unset; ValueError naming the variable when malformed."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_int(name: str) -> int | None:
+    value = env_float(name)
+    return int(value) if value is not None else None
+
+
+def pricebook_for(prices_file: str | None = None) -> PriceBook:
+    """The bundled prices, with the overrides of ``prices_file`` (or ``$WFLO_PRICES_FILE``) applied."""
+    path = prices_file or os.environ.get(ENV_PRICES_FILE)
+    return PriceBook(overrides=load_price_file(path)) if path else default_pricebook()
