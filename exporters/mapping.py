@@ -199,9 +199,10 @@ def _step_row(record: SpanRecord, execution_id: str, is_root: bool, pricebook) -
         "started_at": ns_to_datetime(record.start_ns),
         "ended_at": ns_to_datetime(record.end_ns),
         "duration_ms": duration_ms,
-        "attributes": {k: _jsonable(v) for k, v in attrs.items() if k not in _PROMOTED},
-        "events": [dict(e, attributes={k: _jsonable(v) for k, v in e.get("attributes", {}).items()}) for e in record.events]
-        or None,
+        # Stored as the span has them (JSON encodes tuples as arrays); a promoted attribute
+        # (the workflow inputs, in their own column) is not repeated.
+        "attributes": attrs if A.WFLO_WORKFLOW_INPUTS not in attrs else {k: v for k, v in attrs.items() if k not in _PROMOTED},
+        "events": list(record.events) or None,
     }
 
 
@@ -212,12 +213,6 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return list(value)
-    return value
 
 
 def _json_attr(value: Any) -> Any:
