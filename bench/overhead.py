@@ -51,166 +51,30 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
 import io
-import json
+import os
 import pstats
-import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _harness / peers beside this file
 
 import openai
-import wrapt
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind
 
+import _harness as _h
 import wflo_otel
+from _harness import CLOCKS, MODES, DroppingExporter, FloorScenario, Result, _http_module, make_client
 from wflo_otel.instrumentation.openai import OpenAIInstrumentor
 
-MODEL = "gpt-4o-mini"
 TARGET_RATIO = 1.4  # wflo overhead must be <= this multiple of the floor's overhead
-MESSAGES = [
-    {"role": "system", "content": "You are a concise support assistant for an online bookshop."},
-    {"role": "user", "content": "My order #4471 has not arrived yet. It was due on Monday. What can I do?"},
-]
-
-
-# --------------------------------------------------------------------------- canned HTTP
-
-
-def _http_module():
-    """The HTTP library the installed openai builds on: httpx2 (openai 3.x) or httpx (2.x)."""
-    import openai._base_client as base
-
-    module = getattr(base, "httpx2", None) or getattr(base, "httpx", None)
-    if module is None:  # pragma: no cover - an openai we do not know
-        raise RuntimeError(f"cannot tell which HTTP library openai {openai.__version__} uses")
-    return module
-
-
-def _completion_body() -> bytes:
-    return json.dumps(
-        {
-            "id": "chatcmpl-BENCH0123456789abcdef",
-            "object": "chat.completion",
-            "created": 1_750_000_000,
-            "model": "gpt-4o-mini-2024-07-18",
-            "system_fingerprint": "fp_0123456789",
-            "service_tier": "default",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": (
-                            "I'm sorry your order is late. Orders can take up to 3 extra business days; "
-                            "if it has not arrived by Thursday, reply here and we will send a replacement."
-                        ),
-                        "refusal": None,
-                        "annotations": [],
-                    },
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": 48,
-                "completion_tokens": 41,
-                "total_tokens": 89,
-                "prompt_tokens_details": {"cached_tokens": 16, "audio_tokens": 0},
-                "completion_tokens_details": {
-                    "reasoning_tokens": 8,
-                    "audio_tokens": 0,
-                    "accepted_prediction_tokens": 0,
-                    "rejected_prediction_tokens": 0,
-                },
-            },
-        }
-    ).encode()
-
-
-_PIECES = ["I'm", " sorry", " your", " order", " is", " late", ".", " It", " should", " arrive", " by Thursday."]
-
-
-def _sse_body(include_usage: bool) -> bytes:
-    """~10 content chunks, a finish chunk, and (when asked for) the usage-only chunk."""
-    base = {
-        "id": "chatcmpl-BENCHSTREAM0123456789",
-        "object": "chat.completion.chunk",
-        "created": 1_750_000_000,
-        "model": "gpt-4o-mini-2024-07-18",
-        "system_fingerprint": "fp_0123456789",
-        "service_tier": "default",
-    }
-
-    def chunk(delta: dict, finish: str | None = None) -> dict:
-        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-
-    events = [chunk({"role": "assistant", "content": "", "refusal": None})]
-    events += [chunk({"content": piece}) for piece in _PIECES]
-    events.append(chunk({}, "stop"))
-    if include_usage:
-        events.append(
-            {
-                **base,
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": 48,
-                    "completion_tokens": 12,
-                    "total_tokens": 60,
-                    "prompt_tokens_details": {"cached_tokens": 16, "audio_tokens": 0},
-                    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
-                },
-            }
-        )
-    if include_usage:
-        for event in events[:-1]:
-            event["usage"] = None  # what the API sends on every other chunk once usage is asked for
-    lines = [f"data: {json.dumps(e)}\n\n" for e in events]
-    lines.append("data: [DONE]\n\n")
-    return "".join(lines).encode()
-
-
-def make_client() -> openai.OpenAI:
-    """A real OpenAI client whose transport answers from memory."""
-    http = _http_module()
-    completion = _completion_body()
-    sse_plain, sse_usage = _sse_body(False), _sse_body(True)
-    json_headers = {"content-type": "application/json"}
-    sse_headers = {"content-type": "text/event-stream"}
-
-    def handler(request):
-        body = request.content
-        if b'"stream":true' in body:
-            sse = sse_usage if b'"include_usage":true' in body else sse_plain
-            return http.Response(200, headers=sse_headers, content=sse)
-        return http.Response(200, headers=json_headers, content=completion)
-
-    http_client = http.Client(transport=http.MockTransport(handler))
-    return openai.OpenAI(api_key="sk-bench", base_url="https://api.openai.com/v1", http_client=http_client, max_retries=0)
-
 
 # --------------------------------------------------------------------------- telemetry setup
-
-
-class DroppingExporter(SpanExporter):
-    """Accepts every batch and keeps nothing: the export thread runs, no I/O happens."""
-
-    def __init__(self) -> None:
-        self.spans = 0
-
-    def export(self, spans: Sequence[Any]) -> SpanExportResult:
-        self.spans += len(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
 
 
 @dataclass
@@ -240,61 +104,8 @@ def make_setup() -> Setup:
 # --------------------------------------------------------------------------- scenarios
 #
 # A scenario is anything with ``name``, ``instrument()`` and ``uninstrument()``.
-# TODO(peers): add the official ``opentelemetry-instrumentation-openai-v2`` and
-# OpenInference (``openinference-instrumentation-openai``) as scenarios here.
-# They cannot share this venv (they pin/patch the openai package differently),
-# so each will run this same script from its own venv with
-# ``--scenarios floor,<peer>``: the floor is measured in every venv, and the
-# cross-venv comparison is made on the ratio to the floor, not on raw µs.
-
-
-class FloorScenario:
-    """One CLIENT span per call and nothing else (streams: ended on exhaustion)."""
-
-    name = "floor"
-
-    def __init__(self, setup: Setup) -> None:
-        self.tracer = setup.tracer_provider.get_tracer("bench.floor")
-
-    def instrument(self) -> None:
-        from openai.resources.chat.completions import Completions
-
-        tracer = self.tracer
-
-        def wrapper(wrapped, instance, args, kwargs):
-            span = tracer.start_span(f"chat {kwargs.get('model')}", kind=SpanKind.CLIENT)
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException:
-                span.end()
-                raise
-            if kwargs.get("stream") is True:
-                return _FloorStream(result, span)
-            span.end()
-            return result
-
-        wrapt.wrap_function_wrapper(Completions, "create", wrapper)
-
-    def uninstrument(self) -> None:
-        from openai.resources.chat.completions import Completions
-
-        Completions.create = Completions.create.__wrapped__
-
-
-class _FloorStream(wrapt.ObjectProxy):
-    def __init__(self, stream: Any, span: Any) -> None:
-        super().__init__(stream)
-        self._self_span = span
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        try:
-            return self.__wrapped__.__next__()
-        except StopIteration:
-            self._self_span.end()
-            raise
+# The floor (``_harness.FloorScenario``) is shared with the peers' runner. Peers
+# (``--peers``) run in their own venvs: see ``peers.py`` and ``_peer_runner.py``.
 
 
 class WfloScenario:
@@ -362,7 +173,7 @@ class WfloNoBudgetScenario(WfloScenario):
 
 
 SCENARIOS: dict[str, Callable[[Setup], Any]] = {
-    "floor": FloorScenario,
+    "floor": lambda setup: FloorScenario(setup.tracer_provider),
     "wflo": WfloScenario,
     "-metrics": WfloNoMetricsScenario,
     "-exemplar": WfloNoExemplarsScenario,
@@ -374,77 +185,16 @@ BREAKDOWN = ("floor", "wflo", "-metrics", "-exemplar", "-budget")
 # --------------------------------------------------------------------------- calls and rounds
 
 
-def call_once(client: openai.OpenAI) -> None:
-    response = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=256, temperature=0.2)
-    assert response.choices[0].finish_reason == "stop"
-
-
-def stream_once(client: openai.OpenAI) -> None:
-    chunks = 0
-    for _ in client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=256, stream=True):
-        chunks += 1
-    assert chunks == len(_PIECES) + 2, chunks  # role chunk + pieces + finish chunk; usage chunk hidden
-
-
-MODES: dict[str, Callable[[openai.OpenAI], None]] = {"call": call_once, "stream": stream_once}
-
-
-CLOCKS = {"process": time.process_time, "wall": time.perf_counter}
 clock = time.process_time
 
 
 def timed_round(client: openai.OpenAI, fn: Callable[[openai.OpenAI], None], calls: int) -> float:
     """µs per call for ``calls`` calls inside one budgeted workflow."""
-    gc.collect()
-    with wflo_otel.workflow("bench-overhead", budget_usd=1000):
-        start = clock()
-        for _ in range(calls):
-            fn(client)
-        elapsed = clock() - start
-    return elapsed / calls * 1e6
-
-
-@dataclass
-class Result:
-    baseline: list[float]
-    instrumented: list[float]
-
-    @property
-    def base_us(self) -> float:
-        return statistics.median(self.baseline)
-
-    @property
-    def overhead_us(self) -> float:
-        return statistics.median(b - a for a, b in zip(self.baseline, self.instrumented))
-
-    @property
-    def spread_us(self) -> tuple[float, float]:
-        """Interquartile range of the per-pair overheads."""
-        diffs = sorted(b - a for a, b in zip(self.baseline, self.instrumented))
-        q = statistics.quantiles(diffs, n=4) if len(diffs) >= 2 else [diffs[0]] * 3
-        return q[0], q[2]
+    return _h.timed_round(client, fn, calls, clock, lambda: wflo_otel.workflow("bench-overhead", budget_usd=1000))
 
 
 def run(client: openai.OpenAI, scenarios: list[Any], rounds: int, calls: int, warmup: int) -> dict[tuple[str, str], Result]:
-    results = {(s.name, m): Result([], []) for s in scenarios for m in MODES}
-    # Warm-up: imports, pydantic validators, price resolution caches, instrument creation.
-    for scenario in scenarios:
-        for fn in MODES.values():
-            timed_round(client, fn, warmup)
-            scenario.instrument()
-            timed_round(client, fn, warmup)
-            scenario.uninstrument()
-    for _ in range(rounds):
-        for scenario in scenarios:
-            for mode, fn in MODES.items():
-                result = results[(scenario.name, mode)]
-                result.baseline.append(timed_round(client, fn, calls))  # A
-                scenario.instrument()
-                try:
-                    result.instrumented.append(timed_round(client, fn, calls))  # B
-                finally:
-                    scenario.uninstrument()
-    return results
+    return _h.run(client, scenarios, rounds, calls, warmup, timed_round)
 
 
 def report(results: dict[tuple[str, str], Result], scenarios: list[Any], rounds: int, calls: int) -> bool:
@@ -547,10 +297,38 @@ def main() -> int:
         "taking the CPU); wall: perf_counter",
     )
     parser.add_argument("--top", type=int, default=25, help="rows of profile output")
+    parser.add_argument(
+        "--peers",
+        nargs="?",
+        const="default",
+        metavar="LIST",
+        help="then measure other OpenAI instrumentations, each in its own venv (see peers.py), and print one "
+        "combined table; LIST is comma-separated of otel-v2, openinference, openllmetry, otel-v2-alias "
+        "(default: the first three)",
+    )
+    parser.add_argument(
+        "--peer-content",
+        choices=("default", "off"),
+        default="default",
+        help="peers' message-content capture: as they ship (default) or switched off by their env settings",
+    )
+    parser.add_argument(
+        "--peer-procs", type=int, default=None, help="process pairs for a peer that cannot be uninstrumented (default 6)"
+    )
     args = parser.parse_args()
     rounds, calls = (5, 100) if args.quick else (args.rounds, args.calls)
     global clock
     clock = CLOCKS[args.clock]
+    peer_keys: list[str] = []
+    if args.peers:
+        import peers
+
+        peer_keys = list(peers.DEFAULT_PEERS) if args.peers == "default" else args.peers.split(",")
+        unknown = [key for key in peer_keys if key not in peers.PEERS]
+        if unknown:
+            parser.error(f"unknown peer(s) {unknown}; known: {list(peers.PEERS)}")
+        if args.profile_only:
+            parser.error("--peers needs the measured run, not --profile-only")
 
     setup = make_setup()
     try:
@@ -566,6 +344,16 @@ def main() -> int:
             results = run(client, scenarios, rounds, calls, warmup=min(calls, 100))
             ok = report(results, scenarios, rounds, calls)
             print(f"({time.perf_counter() - started:.0f} s; {setup.exporter.spans} spans exported and dropped)")
+            if peer_keys:
+                if not {("floor", "call"), ("wflo", "call")} <= results.keys():
+                    parser.error("--peers needs the floor and wflo scenarios")
+                procs = args.peer_procs or (3 if args.quick else 6)
+                sys.stdout.flush()
+                outcomes = peers.run_peers(
+                    peer_keys, rounds, calls, min(calls, 100), args.clock, args.peer_content, procs
+                )
+                peers.report(results, outcomes, rounds, calls, procs)
+                print(f"(whole run {time.perf_counter() - started:.0f} s)")
         if args.profile or args.profile_only:
             for mode in MODES:
                 profile(client, WfloScenario(setup), mode, 500 if args.quick else 2000, args.top)

@@ -8,6 +8,7 @@ except under ``CI=true`` where they fail: CI must prove both engines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 
@@ -54,17 +55,24 @@ def _drop_pg_database(name: str) -> None:
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    """A fresh, empty database on each engine, as a wflo-otel URL."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path}/wflo.db"
+@contextlib.contextmanager
+def throwaway_database(engine: str, directory, filename: str = "wflo.db"):
+    """A fresh, empty database on ``engine`` as a wflo-otel URL; a PostgreSQL one is dropped after."""
+    if engine == "sqlite":
+        yield f"sqlite+aiosqlite:///{directory}/{filename}"
         return
     name = _create_pg_database()
     try:
         yield _pg_dsn(name).replace("postgresql://", "postgresql+asyncpg://", 1)
     finally:
         _drop_pg_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh, empty database on each engine, as a wflo-otel URL."""
+    with throwaway_database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

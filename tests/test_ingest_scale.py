@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conftest import _create_pg_database, _drop_pg_database, _pg_dsn
+from conftest import throwaway_database
 from wflo_otel.exporters.store import create_engine
 from wflo_otel.ingest import IngestService
 from wflo_otel.ingest.synthetic import make_request, split
@@ -91,14 +91,9 @@ class Replica:
 @pytest.fixture
 def reference_url(database_url, tmp_path):
     """A second, empty database on the same engine, for the single-service reference."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite+aiosqlite:///{tmp_path}/reference.db"
-        return
-    name = _create_pg_database()
-    try:
-        yield _pg_dsn(name).replace("postgresql://", "postgresql+asyncpg://", 1)
-    finally:
-        _drop_pg_database(name)
+    engine = "sqlite" if database_url.startswith("sqlite") else "postgresql"
+    with throwaway_database(engine, tmp_path, "reference.db") as url:
+        yield url
 
 
 def test_two_replicas_with_overlapping_duplicated_batches_write_the_rows_of_one(database_url, reference_url, tmp_path):

@@ -22,15 +22,13 @@ import pytest
 
 
 @pytest.fixture
-def pg_url():
+def pg_url(tmp_path):
     """A throw-away PostgreSQL database (conftest's rules: skips without a server, fails under CI=true)."""
-    from conftest import _create_pg_database, _drop_pg_database, _pg_dsn
+    from conftest import throwaway_database
 
-    name = _create_pg_database()
-    try:
-        yield _pg_dsn(name).replace("postgresql://", "postgresql+asyncpg://", 1)
-    finally:
-        _drop_pg_database(name)
+    with throwaway_database("postgresql", tmp_path) as url:
+        yield url
+
 
 MODELS = ("gpt-4o-mini", "gpt-4o", "o3-mini")
 

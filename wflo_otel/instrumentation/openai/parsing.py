@@ -149,8 +149,8 @@ def materialize_inputs(kwargs: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------- complete responses
 
 
-def response_attributes(response: Any) -> dict[str, Any]:
-    """id, model, finish reasons and service tier of a Chat Completions (or legacy Completions) response."""
+def _identity_attributes(response: Any) -> dict[str, Any]:
+    """id, model and service tier: the fields every OpenAI response object shares."""
     attrs: dict[str, Any] = {}
     response_id = field(response, "id")
     if isinstance(response_id, str):
@@ -161,6 +161,12 @@ def response_attributes(response: Any) -> dict[str, Any]:
     tier = field(response, "service_tier")
     if isinstance(tier, str):
         attrs[A.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER] = tier
+    return attrs
+
+
+def response_attributes(response: Any) -> dict[str, Any]:
+    """id, model, finish reasons and service tier of a Chat Completions (or legacy Completions) response."""
+    attrs = _identity_attributes(response)
     choices = field(response, "choices")
     if isinstance(choices, list):
         reasons = [r for r in (field(c, "finish_reason") for c in choices) if isinstance(r, str)]
@@ -196,16 +202,7 @@ def _responses_error(response: Any) -> str | None:
 
 def read_responses(response: Any, capture: bool) -> Outcome:
     """Outcome of a Responses API ``Response`` / ``ParsedResponse`` (model or dict)."""
-    attrs: dict[str, Any] = {}
-    response_id = field(response, "id")
-    if isinstance(response_id, str):
-        attrs[A.GEN_AI_RESPONSE_ID] = response_id
-    model = field(response, "model")
-    if isinstance(model, str):
-        attrs[A.GEN_AI_RESPONSE_MODEL] = model
-    tier = field(response, "service_tier")
-    if isinstance(tier, str):
-        attrs[A.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER] = tier
+    attrs = _identity_attributes(response)
     reason = _responses_finish_reason(response)
     if reason is not None:
         attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = [reason]
