@@ -176,6 +176,11 @@ def main() -> int:
     return 0
 
 
+def _is_usage(key: str) -> bool:
+    """gen_ai.usage.* (OTel, OpenLLMetry), llm.token_count.* (OpenInference); not max_tokens."""
+    return "usage" in key or "token_count" in key
+
+
 def check(h: Any, peer: Any, tp: Any, reader: Any) -> dict[str, Any]:
     """One call and one stream, instrumented, recorded; then uninstrumented."""
     import openai
@@ -207,7 +212,8 @@ def check(h: Any, peer: Any, tp: Any, reader: Any) -> dict[str, Any]:
         "attributes": [len(s.attributes or {}) for s in spans],
         "content_captured": any(CONTENT_MARKER in str(v) for s in spans for v in (s.attributes or {}).values()),
         "stream_usage_requested": b'"include_usage":true' in stream_body,
-        "stream_tokens": bool(spans) and any("token" in key for key in (spans[-1].attributes or {})),
+        # token usage on the stream's span (spans end in call order: the stream's is last)
+        "stream_tokens": bool(spans) and any(_is_usage(key) for key in (spans[-1].attributes or {})),
         "metrics": metric_names,
     }
     peer.uninstrument()

@@ -1,6 +1,6 @@
 """Benchmark: per-call overhead of the wflo-otel OpenAI instrumentation.
 
-Run: python bench/overhead.py [--rounds R] [--calls N] [--quick] [--breakdown] [--profile]
+Run: python bench/overhead.py [--rounds R] [--calls N] [--quick] [--breakdown] [--profile] [--peers [LIST]]
 
 Exit status 1 when wflo's overhead exceeds TARGET_RATIO x the floor's.
 
@@ -45,6 +45,14 @@ metrics, metric exemplars, budget reservation), given only different
 part costs in situ. ``--profile`` then runs the wflo scenario under cProfile
 and prints where the instrumentation's time goes, per call (cProfile inflates
 small functions several-fold: read shares, and trust ``--breakdown`` for µs).
+
+``--peers`` then measures other OpenAI instrumentations (the official
+``opentelemetry-instrumentation-openai-v2``, OpenInference, OpenLLMetry), each
+installed on first use into its own venv under ``/tmp/wflo-bench-peers``, each
+against a floor measured in its own process, and prints one combined table
+with ratios to the floor and to wflo: see ``peers.py`` for the method.
+The canned client, the floor and the A/B loop live in ``_harness.py``, shared
+with the peers' runner (``_peer_runner.py``).
 """
 
 from __future__ import annotations

@@ -187,6 +187,7 @@ def measure_peer(
         python, note = ensure_venv(spec, openai_req, log)
         if python is None:
             reasons.append(f"{openai_req}: {note}")
+            log(f"  {spec.key} does not work with {reasons[-1]}")
             continue
         if note:
             out.notes.append(note)
@@ -195,9 +196,8 @@ def measure_peer(
             out.check = check
             break
         reasons.append(f"{openai_req}: {check.get('reason')}")
+        log(f"  {spec.key} does not work with {reasons[-1]}")
         python = None
-    for reason in reasons:
-        log(f"  {spec.key} does not work with {reason}")
     if python is None:
         out.skipped = "; ".join(reasons)
         return out

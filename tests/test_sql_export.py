@@ -171,3 +171,17 @@ def test_readme_shows_the_documented_queries():
     readme = README.read_text()
     for name in QUERIES:
         assert QUERIES[name] in readme, f"README is missing the {name} query as tests run it"
+
+
+def test_a_burst_of_spans_faster_than_the_database_loses_none(tmp_path):
+    """configure() sizes the batch processor for a database: a 10,000-span burst all lands."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/burst.db"
+    handle = wflo_otel.configure(url, tracer_provider=TracerProvider())
+    try:
+        tracer = handle.tracer_provider.get_tracer("burst")
+        with wflo_otel.workflow("burst"):
+            for i in range(10_000):
+                tracer.start_span(f"step-{i % 10}").end()
+    finally:
+        handle.shutdown()  # flushes
+    assert query(url, "SELECT COUNT(*) FROM step_executions") == [(10_001,)]

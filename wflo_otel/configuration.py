@@ -166,7 +166,7 @@ def configure(
         span_exporter = _exporter(exporter, database_url, pricebook)
         span_processor = None
         if span_exporter is not None:
-            span_processor = BatchSpanProcessor(span_exporter) if batch else SimpleSpanProcessor(span_exporter)
+            span_processor = sql_batch_processor(span_exporter) if batch else SimpleSpanProcessor(span_exporter)
         slot = _slot_of(provider)
         # The budget processor first: it stamps attributes the exporter reads.
         slot.processors = (budget,) if span_processor is None else (budget, span_processor)
@@ -178,6 +178,19 @@ def configure(
             instrumentor = _instrument_openai(provider, meter_provider, pricebook, budget, default_output_tokens)
         _handle = Handle(provider, budget, span_exporter, span_processor, pricebook, instrumentor, slot)
         return _handle
+
+
+# The SDK's batch defaults (queue 2,048, batches of 512) drop spans when a SQL exporter
+# sees 5,000 spans/s for a minute; a deeper queue and larger transactions keep it ahead
+# (bench/export.py --sustained). OTEL_BSP_* variables still win.
+SQL_BSP_DEFAULTS = {"OTEL_BSP_MAX_QUEUE_SIZE": 32768, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": 2048}
+
+
+def sql_batch_processor(exporter: SpanExporter) -> BatchSpanProcessor:
+    """A BatchSpanProcessor sized for a database exporter (see SQL_BSP_DEFAULTS)."""
+    keywords = {"OTEL_BSP_MAX_QUEUE_SIZE": "max_queue_size", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "max_export_batch_size"}
+    kwargs = {keywords[name]: value for name, value in SQL_BSP_DEFAULTS.items() if not os.environ.get(name)}
+    return BatchSpanProcessor(exporter, **kwargs)
 
 
 def _adopt_zero_code_setup() -> Handle | None:

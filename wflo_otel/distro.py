@@ -121,6 +121,11 @@ class WfloDistro(BaseDistro):
 
     def _configure(self, **kwargs: Any) -> None:
         os.environ.setdefault("OTEL_TRACES_EXPORTER", "wflo")
+        if os.environ["OTEL_TRACES_EXPORTER"].strip() == "wflo":
+            from .configuration import SQL_BSP_DEFAULTS
+
+            for name, value in SQL_BSP_DEFAULTS.items():  # batch sizes for a database exporter
+                os.environ.setdefault(name, str(value))
         # Ours, not another distro's configurator that would leave budgets out.
         os.environ.setdefault("OTEL_PYTHON_CONFIGURATOR", "wflo")
 
