@@ -58,7 +58,7 @@ from wflo_otel.exporters.sql import SQLSpanExporter
 from wflo_otel.pricing import default_pricebook
 
 SPANS_PER_EXECUTION = 7
-BATCH = 512
+BATCH = 2048  # what configure() gives the BatchSpanProcessor (SQL_BSP_DEFAULTS)
 MODELS = ("gpt-4o-mini", "gpt-4o", "o3-mini")
 
 
