@@ -70,10 +70,12 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _harness / peers beside this file
 
 import openai
+import wrapt
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
 
 import _harness as _h
 import wflo_otel
@@ -140,6 +142,54 @@ class WfloScenario:
         OpenAIInstrumentor().uninstrument()
 
 
+class FloorUsageScenario:
+    """The floor, plus what wflo does on streams for cost: ask for the usage chunk and hide it.
+
+    Run with ``--peers`` only: its stream overhead minus the floor's is what the
+    SDK's parsing of that extra chunk costs (peers do not ask for it).
+    """
+
+    name = "floor+usage"
+
+    def __init__(self, setup: Setup) -> None:
+        self.tracer = setup.tracer_provider.get_tracer("bench.floor")
+
+    def instrument(self) -> None:
+        from openai.resources.chat.completions import Completions
+
+        tracer = self.tracer
+
+        def wrapper(wrapped, instance, args, kwargs):
+            stream = kwargs.get("stream") is True
+            if stream and not (kwargs.get("stream_options") or {}).get("include_usage"):
+                kwargs["stream_options"] = {**(kwargs.get("stream_options") or {}), "include_usage": True}
+            span = tracer.start_span(f"chat {kwargs.get('model')}", kind=SpanKind.CLIENT)
+            try:
+                result = wrapped(*args, **kwargs)
+            except BaseException:
+                span.end()
+                raise
+            if stream:
+                return _UsageHidingStream(result, span)
+            span.end()
+            return result
+
+        wrapt.wrap_function_wrapper(Completions, "create", wrapper)
+
+    def uninstrument(self) -> None:
+        from openai.resources.chat.completions import Completions
+
+        Completions.create = Completions.create.__wrapped__
+
+
+class _UsageHidingStream(_h._FloorStream):
+    def __next__(self):
+        while True:
+            chunk = super().__next__()
+            if chunk.choices or getattr(chunk, "usage", None) is None:
+                return chunk
+
+
 # Breakdown variants (--breakdown): the wflo scenario minus one part, by instrument()
 # arguments only, so "wflo - variant" is what that part costs in situ.
 
@@ -186,6 +236,7 @@ SCENARIOS: dict[str, Callable[[Setup], Any]] = {
     "-metrics": WfloNoMetricsScenario,
     "-exemplar": WfloNoExemplarsScenario,
     "-budget": WfloNoBudgetScenario,
+    "floor+usage": FloorUsageScenario,
 }
 BREAKDOWN = ("floor", "wflo", "-metrics", "-exemplar", "-budget")
 
@@ -209,7 +260,8 @@ def report(results: dict[tuple[str, str], Result], scenarios: list[Any], rounds:
     clock_name = "process CPU time" if clock is time.process_time else "wall time"
     print(f"openai {openai.__version__} on {_http_module().__name__}; python {sys.version.split()[0]}; {clock_name}")
     print(f"{rounds} A/B pairs x {calls} calls per round; median of per-pair differences (IQR in brackets)\n")
-    header = f"{'mode':<8}{'scenario':<10}{'baseline µs':>13}{'overhead µs':>13}{'IQR µs':>18}{'x floor':>9}"
+    w = max([10] + [len(s.name) + 1 for s in scenarios])
+    header = f"{'mode':<8}{'scenario':<{w}}{'baseline µs':>13}{'overhead µs':>13}{'IQR µs':>18}{'x floor':>9}"
     print(header)
     print("-" * len(header))
     ok = True
@@ -220,7 +272,7 @@ def report(results: dict[tuple[str, str], Result], scenarios: list[Any], rounds:
             lo, hi = r.spread_us
             ratio = r.overhead_us / floor.overhead_us if floor and floor.overhead_us > 0 else None
             shown = f"{ratio:>8.2f}x" if ratio is not None else f"{'-':>9}"
-            print(f"{mode:<8}{scenario.name:<10}{r.base_us:>13.1f}{r.overhead_us:>13.1f}   [{lo:>6.1f}, {hi:>6.1f}]{shown}")
+            print(f"{mode:<8}{scenario.name:<{w}}{r.base_us:>13.1f}{r.overhead_us:>13.1f}   [{lo:>6.1f}, {hi:>6.1f}]{shown}")
             if scenario.name == "wflo" and floor is not None:
                 ok = ok and ratio is not None and ratio <= TARGET_RATIO
     print()
@@ -342,6 +394,8 @@ def main() -> int:
     try:
         client = make_client()
         names = BREAKDOWN if args.breakdown else tuple(args.scenarios.split(","))
+        if peer_keys and "floor+usage" not in names:
+            names = (*names, "floor+usage")  # prices the usage chunk wflo asks for on streams
         unknown = [name for name in names if name not in SCENARIOS]
         if unknown:
             parser.error(f"unknown scenario(s) {unknown}; known: {list(SCENARIOS)}")
