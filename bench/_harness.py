@@ -172,39 +172,6 @@ class DroppingExporter(SpanExporter):
 # --------------------------------------------------------------------------- the floor
 
 
-class FloorScenario:
-    """One CLIENT span per call and nothing else (streams: ended on exhaustion)."""
-
-    name = "floor"
-
-    def __init__(self, tracer_provider: Any) -> None:
-        self.tracer = tracer_provider.get_tracer("bench.floor")
-
-    def instrument(self) -> None:
-        from openai.resources.chat.completions import Completions
-
-        tracer = self.tracer
-
-        def wrapper(wrapped, instance, args, kwargs):
-            span = tracer.start_span(f"chat {kwargs.get('model')}", kind=SpanKind.CLIENT)
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException:
-                span.end()
-                raise
-            if kwargs.get("stream") is True:
-                return _FloorStream(result, span)
-            span.end()
-            return result
-
-        wrapt.wrap_function_wrapper(Completions, "create", wrapper)
-
-    def uninstrument(self) -> None:
-        from openai.resources.chat.completions import Completions
-
-        Completions.create = Completions.create.__wrapped__
-
-
 class _FloorStream(wrapt.ObjectProxy):
     def __init__(self, stream: Any, span: Any) -> None:
         super().__init__(stream)
@@ -219,6 +186,45 @@ class _FloorStream(wrapt.ObjectProxy):
         except StopIteration:
             self._self_span.end()
             raise
+
+
+class FloorScenario:
+    """One CLIENT span per call and nothing else (streams: ended on exhaustion)."""
+
+    name = "floor"
+
+    stream_proxy: type = _FloorStream
+    request_usage = False  # ask streams for the usage chunk (and hide it), as wflo does
+
+    def __init__(self, tracer_provider: Any) -> None:
+        self.tracer = tracer_provider.get_tracer("bench.floor")
+
+    def instrument(self) -> None:
+        from openai.resources.chat.completions import Completions
+
+        tracer, proxy, request_usage = self.tracer, self.stream_proxy, self.request_usage
+
+        def wrapper(wrapped, instance, args, kwargs):
+            stream = kwargs.get("stream") is True
+            if request_usage and stream and not (kwargs.get("stream_options") or {}).get("include_usage"):
+                kwargs["stream_options"] = {**(kwargs.get("stream_options") or {}), "include_usage": True}
+            span = tracer.start_span(f"chat {kwargs.get('model')}", kind=SpanKind.CLIENT)
+            try:
+                result = wrapped(*args, **kwargs)
+            except BaseException:
+                span.end()
+                raise
+            if stream:
+                return proxy(result, span)
+            span.end()
+            return result
+
+        wrapt.wrap_function_wrapper(Completions, "create", wrapper)
+
+    def uninstrument(self) -> None:
+        from openai.resources.chat.completions import Completions
+
+        Completions.create = Completions.create.__wrapped__
 
 
 # --------------------------------------------------------------------------- calls and rounds

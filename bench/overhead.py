@@ -142,7 +142,15 @@ class WfloScenario:
         OpenAIInstrumentor().uninstrument()
 
 
-class FloorUsageScenario:
+class _UsageHidingStream(_h._FloorStream):
+    def __next__(self):
+        while True:
+            chunk = super().__next__()
+            if chunk.choices or getattr(chunk, "usage", None) is None:
+                return chunk
+
+
+class FloorUsageScenario(_h.FloorScenario):
     """The floor, plus what wflo does on streams for cost: ask for the usage chunk and hide it.
 
     Run with ``--peers`` only: its stream overhead minus the floor's is what the
@@ -150,44 +158,11 @@ class FloorUsageScenario:
     """
 
     name = "floor+usage"
+    request_usage = True
+    stream_proxy = _UsageHidingStream
 
     def __init__(self, setup: Setup) -> None:
-        self.tracer = setup.tracer_provider.get_tracer("bench.floor")
-
-    def instrument(self) -> None:
-        from openai.resources.chat.completions import Completions
-
-        tracer = self.tracer
-
-        def wrapper(wrapped, instance, args, kwargs):
-            stream = kwargs.get("stream") is True
-            if stream and not (kwargs.get("stream_options") or {}).get("include_usage"):
-                kwargs["stream_options"] = {**(kwargs.get("stream_options") or {}), "include_usage": True}
-            span = tracer.start_span(f"chat {kwargs.get('model')}", kind=SpanKind.CLIENT)
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException:
-                span.end()
-                raise
-            if stream:
-                return _UsageHidingStream(result, span)
-            span.end()
-            return result
-
-        wrapt.wrap_function_wrapper(Completions, "create", wrapper)
-
-    def uninstrument(self) -> None:
-        from openai.resources.chat.completions import Completions
-
-        Completions.create = Completions.create.__wrapped__
-
-
-class _UsageHidingStream(_h._FloorStream):
-    def __next__(self):
-        while True:
-            chunk = super().__next__()
-            if chunk.choices or getattr(chunk, "usage", None) is None:
-                return chunk
+        super().__init__(setup.tracer_provider)
 
 
 # Breakdown variants (--breakdown): the wflo scenario minus one part, by instrument()
