@@ -42,11 +42,10 @@ from ._loop import LoopThread
 from .mapping import RowBatch, map_records
 from .records import record_from_readable_span
 from .spool import Spool, SpoolFull
-from .store import DEFAULT_DATABASE_URL, SpanStore, is_transient
+from .store import SpanStore, is_transient
 
 _log = logging.getLogger(__name__)
 
-DATABASE_URL_ENV = "WFLO_DATABASE_URL"
 HANDLE_SIGTERM_ENV = "WFLO_HANDLE_SIGTERM"
 _MAX_PROBE_DELAY_S = 10.0
 
@@ -79,7 +78,9 @@ class SQLSpanExporter(SpanExporter):
         handle_sigterm: bool | None = None,
         store: SpanStore | None = None,
     ) -> None:
-        self.database_url = database_url or os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
+        from wflo_otel.settings import database_url as resolve_database_url
+
+        self.database_url = resolve_database_url(database_url)
         self._store = store or SpanStore(self.database_url)
         self._safe_url = make_url(self._store.url).render_as_string(hide_password=True)
         self._auto_migrate = auto_migrate

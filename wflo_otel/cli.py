@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
-from .exporters.store import DEFAULT_DATABASE_URL, create_engine, normalize_url
+from .exporters.store import DEFAULT_DATABASE_URL, create_engine
 from .reports import QUERIES, TITLES
+from .settings import database_url
 
 
 def _database_url(args: argparse.Namespace) -> str:
-    return normalize_url(args.database_url or os.environ.get("WFLO_DATABASE_URL") or DEFAULT_DATABASE_URL)
+    return database_url(args.database_url)
 
 
 def _cmd_db(args: argparse.Namespace) -> int:

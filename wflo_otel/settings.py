@@ -12,6 +12,13 @@ ENV_PRICES_FILE = "WFLO_PRICES_FILE"
 ENV_DEFAULT_OUTPUT_TOKENS = "WFLO_DEFAULT_OUTPUT_TOKENS"
 
 
+def database_url(explicit: str | None = None) -> str:
+    """Where spans are written: ``explicit``, else ``$WFLO_DATABASE_URL``, else ``./wflo.db`` (async driver URL)."""
+    from .exporters.store import DEFAULT_DATABASE_URL, normalize_url
+
+    return normalize_url(explicit or os.environ.get(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL)
+
+
 def env_float(name: str) -> float | None:
     """A number from the environment; None when unset; ValueError naming the variable when malformed."""
     raw = os.environ.get(name, "").strip()

@@ -13,7 +13,7 @@ import inspect
 import json
 import logging
 import uuid
-from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace

@@ -25,9 +25,9 @@ import sys
 from typing import TextIO
 
 import wflo_otel
+from wflo_otel.settings import database_url as resolve_database_url
 from wflo_otel.cli import print_report
 from wflo_otel.configuration import current_handle
-from wflo_otel.exporters.store import DEFAULT_DATABASE_URL, normalize_url
 
 from .server import FakeOpenAIServer
 
@@ -113,7 +113,7 @@ def main(database_url: str | None = None, *, quiet: bool = False) -> int:
         print("wflo-otel is already configured in this process; run the demo on its own", file=sys.stderr)
         return 1
     out = io.StringIO() if quiet else sys.stdout
-    url = normalize_url(database_url or os.environ.get("WFLO_DATABASE_URL") or DEFAULT_DATABASE_URL)
+    url = resolve_database_url(database_url)
 
     with FakeOpenAIServer() as server:
         print(f"wflo-otel demo: a support agent against a local OpenAI-compatible server ({server.base_url})", file=out)

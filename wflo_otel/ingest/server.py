@@ -42,12 +42,13 @@ from aiohttp import web
 
 from ..exporters import otlp
 from ..exporters.store import DEFAULT_DATABASE_URL, SpanStore
+from ..settings import ENV_DATABASE_URL
+from ..settings import database_url as resolve_database_url
 from .options import DEFAULT_HOST, DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, ENV_TOKEN, add_arguments
 from .writer import BatchWriter, Overloaded, Unavailable, describe
 
 _log = logging.getLogger("wflo_otel.ingest")
 
-ENV_DATABASE_URL = "WFLO_DATABASE_URL"
 
 _PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf"})
 _JSON_TYPES = frozenset({"application/json"})
@@ -117,7 +118,7 @@ class IngestService:
         pricebook: Any = None,
         reuse_port: bool = False,
     ) -> None:
-        self.database_url = database_url or os.environ.get(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL
+        self.database_url = resolve_database_url(database_url)
         self.host = host
         self.port = port
         self.token = token.encode("utf-8") if token else None
@@ -399,10 +400,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def _pricebook():
-    from ..pricing import PriceBook, default_pricebook, load_price_file
+    from ..settings import pricebook_for
 
-    path = os.environ.get("WFLO_PRICES_FILE")
-    return PriceBook(overrides=load_price_file(path)) if path else default_pricebook()
+    return pricebook_for()
 
 
 # --------------------------------------------------------------------------- command line
@@ -475,7 +475,7 @@ def _run_workers(args: argparse.Namespace, database_url: str | None, workers: in
         print("wflo-otel serve: --workers needs an explicit --port", file=sys.stderr)
         return 2
     # Migrate once here, so the workers do not race each other over the schema.
-    store = SpanStore(database_url or os.environ.get(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL)
+    store = SpanStore(resolve_database_url(database_url))
 
     async def migrate() -> None:
         try:
