@@ -39,6 +39,7 @@ class GenAIMetrics:
         meter = metrics.get_meter("wflo_otel", __version__, meter_provider=meter_provider)
         self._lock = threading.Lock()
         self._totals: dict[tuple, list[float]] = {}
+        self._series: dict[tuple, tuple[list[float], dict, dict]] = {}
         self._budget_events: dict[tuple[str, str], int] = {}
         self.token_usage = meter.create_histogram(
             "gen_ai.client.token.usage",
@@ -81,25 +82,39 @@ class GenAIMetrics:
         cost_usd: float | None,
         error_type: str | None,
     ) -> None:
+        key = tuple(attributes.items())
+        series = self._series.get(key)
+        if series is None:
+            series = self._new_series(key, attributes)
+        totals, input_attrs, output_attrs = series
         if error_type is None:
             self.duration.record(duration_s, attributes)
         else:
             self.duration.record(duration_s, {**attributes, A.ERROR_TYPE: error_type})
         if input_tokens is not None:
-            self.token_usage.record(input_tokens, {**attributes, A.GEN_AI_TOKEN_TYPE: "input"})
+            self.token_usage.record(input_tokens, input_attrs)
         if output_tokens is not None:
-            self.token_usage.record(output_tokens, {**attributes, A.GEN_AI_TOKEN_TYPE: "output"})
-        key = tuple(attributes.items())
+            self.token_usage.record(output_tokens, output_attrs)
         with self._lock:
-            totals = self._totals.get(key)
-            if totals is None:
-                totals = self._totals[key] = [0, 0, 0, 0, 0, 0, 0.0]
             totals[_CALLS_ERROR if error_type else _CALLS_OK] += 1
             totals[_INPUT] += input_tokens or 0
             totals[_OUTPUT] += output_tokens or 0
             totals[_CACHE_READ] += cache_read_tokens or 0
             totals[_REASONING] += reasoning_tokens or 0
             totals[_COST] += cost_usd or 0.0
+
+    def _new_series(self, key: tuple, attributes: dict) -> tuple[list[float], dict, dict]:
+        """Running totals and the token-type attribute sets of one series, built once."""
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                totals = self._totals[key] = [0, 0, 0, 0, 0, 0, 0.0]
+                series = self._series[key] = (
+                    totals,
+                    {**attributes, A.GEN_AI_TOKEN_TYPE: "input"},
+                    {**attributes, A.GEN_AI_TOKEN_TYPE: "output"},
+                )
+            return series
 
     def record_budget_event(self, workflow: str, kind: str) -> None:
         with self._lock:
