@@ -2,7 +2,7 @@
 
 The cassettes (VCR YAML recorded from the OpenAI API by the OpenTelemetry
 Python Contrib project; see NOTICE.md in their directory) live outside this
-repository: ``$WFLO_CASSETTES``, default ``/work/shared/fixtures/openai-cassettes``.
+repository: ``$WFLO_CASSETTES``, default ``../shared/fixtures/openai-cassettes`` beside the repository.
 Each recorded request is re-issued through ``openai.OpenAI`` / ``AsyncOpenAI``
 with its own JSON body (``chat.completions.create(**body)`` and so on, streams
 consumed to the end); an in-memory transport answers with the recorded response,
@@ -30,7 +30,9 @@ import yaml
 from genai_prices import Usage, calc_price
 from opentelemetry.trace import SpanKind, StatusCode
 
-CASSETTE_DIR = Path(os.environ.get("WFLO_CASSETTES", "/work/shared/fixtures/openai-cassettes"))
+# ../shared beside the repository (how CI and the sessions lay it out), or $WFLO_CASSETTES.
+_DEFAULT_CASSETTES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openai-cassettes"
+CASSETTE_DIR = Path(os.environ.get("WFLO_CASSETTES") or _DEFAULT_CASSETTES)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 if not CASSETTE_DIR.is_dir() and not IN_CI:
