@@ -696,10 +696,7 @@ def _chat(h: _Handler, body: dict, mode: str) -> None:
         obj = {"id": common["id"], "object": "chat.completion", "created": common["created"],
                "model": common["model"], "choices": out_choices, "usage": usage,
                "service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT}
-        if model == "error-midstream":
-            _send_truncated(h, obj)
-            return
-        h._send_json(200, obj)
+        _send_complete(h, model, obj)
         return
 
     stream_options = body.get("stream_options")
@@ -742,6 +739,14 @@ def _chat(h: _Handler, body: dict, mode: str) -> None:
     if include_usage:
         tail = chunk([], usage)
     h._sse_end(tail + b"data: [DONE]\n\n")
+
+
+def _send_complete(h: _Handler, model: str, obj: dict) -> None:
+    """A non-streamed answer: whole, or cut in half for the "error-midstream" model."""
+    if model == "error-midstream":
+        _send_truncated(h, obj)
+    else:
+        h._send_json(200, obj)
 
 
 def _send_truncated(h: _Handler, obj: dict) -> None:
@@ -818,10 +823,7 @@ def _responses(h: _Handler, body: dict, mode: str) -> None:
     final_status = "incomplete" if capped else "completed"
     if not body.get("stream"):
         obj = response_obj(final_status, output, usage, True)
-        if model == "error-midstream":
-            _send_truncated(h, obj)
-            return
-        h._send_json(200, obj)
+        _send_complete(h, model, obj)
         return
 
     midstream = model == "error-midstream"
@@ -939,10 +941,7 @@ def _completions(h: _Handler, body: dict, mode: str) -> None:
         obj = {**common, "choices": [{"text": p["text"], "index": i, "logprobs": None,
                                       "finish_reason": p["finish"]} for i, p in enumerate(plans)],
                "usage": usage}
-        if model == "error-midstream":
-            _send_truncated(h, obj)
-            return
-        h._send_json(200, obj)
+        _send_complete(h, model, obj)
         return
     stream_options = body.get("stream_options")
     include_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
