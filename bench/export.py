@@ -1,6 +1,6 @@
 """Benchmark: spans persisted per second by the SQL exporter, next to the floor of each engine.
 
-Run: python bench/export.py [--spans 70000] [--engines sqlite,postgresql] [--pg-method unnest|copy|both]
+Run: python bench/export.py [--spans 70000] [--engines sqlite,postgresql]
                             [--sustained 10] [--rate 5000] [--pg-url postgresql://postgres@127.0.0.1:5432/postgres]
 
 Spans are real SDK spans of realistic workflow executions (a workflow root as
@@ -187,8 +187,8 @@ def migrate(url: str) -> None:
 # --------------------------------------------------------------------------- measurements
 
 
-def measure_exporter(engine: str, url: str, n_executions: int, pg_method: str, spool: Path) -> dict:
-    store = S.SpanStore(url, pg_method=pg_method)
+def measure_exporter(engine: str, url: str, n_executions: int, spool: Path) -> dict:
+    store = S.SpanStore(url)
     exporter = TimedExporter(url, store=store, spool_dir=spool, handle_sigterm=False)
     exporter.migrate()
     provider = TracerProvider()
@@ -243,9 +243,9 @@ def python_side_us(spans) -> tuple[float, float]:
     return best_record, best_mapping
 
 
-def measure_isolated(url: str, spans, pg_method: str, spool: Path) -> float:
+def measure_isolated(url: str, spans, spool: Path) -> float:
     """export() alone: the captured spans fed in batches, no application thread competing for the GIL."""
-    store = S.SpanStore(url, pg_method=pg_method)
+    store = S.SpanStore(url)
     exporter = SQLSpanExporter(url, store=store, spool_dir=spool, handle_sigterm=False)
     exporter.migrate()
     started = time.perf_counter()
@@ -361,7 +361,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spans", type=int, default=70_000, help="spans per throughput run (7 per execution)")
     parser.add_argument("--engines", default="sqlite,postgresql")
-    parser.add_argument("--pg-method", choices=("unnest", "copy", "both"), default="both")
     parser.add_argument("--sustained", type=float, default=10.0, metavar="SECONDS", help="0 to skip")
     parser.add_argument("--rate", type=int, default=5000, help="spans/s for --sustained")
     parser.add_argument("--sdk-defaults", action="store_true", help="--sustained with the SDK's BSP defaults")
@@ -373,16 +372,13 @@ def main(argv=None) -> int:
 
     results = []
     for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
-        methods = ["unnest", "copy"] if (engine == "postgresql" and args.pg_method == "both") else [args.pg_method]
-        if engine == "sqlite":
-            methods = ["executemany"]
-        for method in methods:
+        for method in ["executemany" if engine == "sqlite" else "copy"]:
             with database(engine, args) as url:
                 migrate(url)
-                run = measure_exporter(engine, url, n_executions, "copy" if method == "copy" else "unnest", spool)
+                run = measure_exporter(engine, url, n_executions, spool)
             with database(engine, args) as url:
                 migrate(url)
-                isolated = measure_isolated(url, run["captured"], "copy" if method == "copy" else "unnest", spool)
+                isolated = measure_isolated(url, run["captured"], spool)
             with database(engine, args) as url:
                 migrate(url)
                 floor = measure_floor(engine, url, run["captured"])

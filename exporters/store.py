@@ -1,26 +1,29 @@
 """The span store: writes mapped rows to SQLite or PostgreSQL, one transaction per batch.
 
-Idempotent by construction: steps are inserted with ``ON CONFLICT DO NOTHING`` on
-their span id, and execution totals are *recomputed* from the step rows of every
-execution the batch touched, so a duplicate delivery changes nothing.
+Idempotent by construction: a transaction looks up which span ids of its batch are
+already stored, inserts only the others, and *adds* exactly those new rows to their
+executions' totals (cost, tokens, LLM calls). A span delivered twice is skipped the
+second time, so it is one row and counted once.
 
 Concurrency. On PostgreSQL every execution row the batch touches is upserted
 *first*, in id order, with ``ON CONFLICT DO UPDATE ... WHERE`` (which locks the
 existing row even when the WHERE is false): two writers racing on one execution
-serialise there, and the later one's next statements see the earlier one's
-committed steps, so the recomputed totals count both. Rows are always written in
-key order (definitions, executions, steps), so writers cannot deadlock each
-other; a deadlock or serialization failure (SQLSTATE 40P01/40001) caused by
-anything else is retried. On SQLite each batch runs under ``BEGIN IMMEDIATE`` (one
-writer at a time, others wait up to the busy timeout), in WAL mode.
+serialise there, and the later one's look-up sees the earlier one's committed
+steps. Rows are always written in key order (definitions, executions, steps), so
+writers cannot deadlock each other; a deadlock or serialization failure (SQLSTATE
+40P01/40001), or a unique violation from a writer that stored the same span between
+our look-up and our insert (23505), runs the transaction again. On SQLite each batch
+runs under ``BEGIN IMMEDIATE`` (one writer at a time, others wait up to the busy
+timeout), in WAL mode, so its look-up is exact.
 
 Speed. The rows are written through the driver connection of the SQLAlchemy pool
-with statements prepared once: on PostgreSQL one ``INSERT ... SELECT FROM
-unnest($1::text[], ...)`` per table (one round trip for the whole batch, whatever
-its size; see ``bench/export.py`` for the COPY comparison), on SQLite
-``executemany``. Values are converted to what each driver stores exactly as
-SQLAlchemy would (JSON text; SQLite timestamps in SQLAlchemy's storage format), so
-the Core tables in ``schema.py`` read them back unchanged.
+with statements prepared once. On PostgreSQL, definitions and executions go as one
+``INSERT ... SELECT FROM unnest($1::text[], ...)`` each (an upsert), and new steps
+by binary ``COPY`` straight into their table — about twice the rate of the
+``unnest`` insert, whose array encoding costs on both ends (``bench/export.py``).
+On SQLite, ``executemany``. Values are converted to what each driver stores exactly
+as SQLAlchemy would (JSON text; SQLite timestamps in SQLAlchemy's storage format),
+so the Core tables in ``schema.py`` read them back unchanged.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./wflo.db"
 # Rows per statement on SQLite (executemany has no limit; the IN-lists do).
 _CHUNK = 500
 # SQLSTATEs worth running the same transaction again for.
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+# 23505 (unique violation) only arises when a concurrent writer stored the same span
+# between our look-up and our COPY: run again, the look-up then skips it.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505"})
 
 
 def normalize_url(url: str) -> str:
@@ -221,6 +226,12 @@ _TOTALS = ("cost_total_usd", "input_tokens", "output_tokens", "llm_calls")
 DEF_COLUMNS = _columns(workflow_definitions)
 EXEC_COLUMNS = tuple(c for c in _columns(workflow_executions) if c.name not in _TOTALS)
 STEP_COLUMNS = _columns(step_executions)
+STEP_COLUMN_NAMES = tuple(c.name for c in STEP_COLUMNS)
+# Positions in a step row tuple (the id comes first).
+_ID, _EXECUTION, _KIND, _ERROR, _COST, _INPUT, _OUTPUT = (
+    STEP_COLUMN_NAMES.index(name)
+    for name in ("id", "execution_id", "kind", "error_type", "cost_usd", "input_tokens", "output_tokens")
+)
 
 # What a newer row of an execution overwrites: the root span's view is authoritative,
 # a child's placeholder (status RUNNING) never overwrites anything.
@@ -250,16 +261,28 @@ _DEF_CONFLICT = "ON CONFLICT (id) DO NOTHING"
 _EXEC_CONFLICT = f"ON CONFLICT (id) DO UPDATE SET {_exec_update_sql()} WHERE excluded.status <> 'RUNNING'"
 _STEP_CONFLICT = "ON CONFLICT (id) DO NOTHING"
 
-# Totals from step rows. A call refused by the budget was never sent: it is a step, not an
-# LLM call. The kind test is inside the aggregates so the only indexable predicate is the
-# execution id (a planner with stale statistics cannot pick the kind index instead).
-_LLM = "s.kind = 'llm'"
-_TOTALS_COLUMNS = (
-    f"COALESCE(SUM(CASE WHEN {_LLM} THEN s.cost_usd END), 0), "
-    f"COALESCE(SUM(CASE WHEN {_LLM} THEN s.input_tokens END), 0), "
-    f"COALESCE(SUM(CASE WHEN {_LLM} THEN s.output_tokens END), 0), "
-    f"COUNT(CASE WHEN {_LLM} AND COALESCE(s.error_type, '') <> 'BudgetExceededError' THEN 1 END)"
-)
+# Totals are *added*, never recomputed: a transaction inserts only the steps not stored
+# yet, and adds exactly what those rows bring to their executions. A step stored by
+# another writer is skipped by this one, so it is counted by the writer that stored it.
+def _totals_added(steps: list[tuple]) -> list[tuple]:
+    """(execution id, cost, input tokens, output tokens, LLM calls) per execution, in id order.
+
+    Only LLM steps count. A call the budget refused was never sent: it is an LLM step
+    (cost 0) but not an LLM call.
+    """
+    added: dict[str, list] = {}
+    for row in steps:
+        if row[_KIND] != "llm":
+            continue
+        totals = added.get(row[_EXECUTION])
+        if totals is None:
+            totals = added[row[_EXECUTION]] = [0.0, 0, 0, 0]
+        totals[0] += row[_COST] or 0.0
+        totals[1] += row[_INPUT] or 0
+        totals[2] += row[_OUTPUT] or 0
+        if row[_ERROR] != "BudgetExceededError":
+            totals[3] += 1
+    return [(execution_id, *added[execution_id]) for execution_id in sorted(added)]
 
 
 def _compile_rows(columns: Sequence[_Column], sqlite: bool) -> Callable[[Sequence[dict]], list[tuple]]:
@@ -322,29 +345,24 @@ FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(id, policies, update
 WHERE d.id = u.id AND d.policies IS DISTINCT FROM u.policies::jsonb
 """
 _PG_EXEC_SQL = _pg_insert_sql("workflow_executions", EXEC_COLUMNS, _EXEC_CONFLICT)
-_PG_STEP_SQL = _pg_insert_sql("step_executions", STEP_COLUMNS, _STEP_CONFLICT)
-_PG_TOTALS_SQL = f"""
+_PG_ADD_TOTALS_SQL = """
 UPDATE workflow_executions AS e
-SET (cost_total_usd, input_tokens, output_tokens, llm_calls) = (t.cost, t.input_tokens, t.output_tokens, t.calls)
-FROM (
-    SELECT s.execution_id, {_TOTALS_COLUMNS}
-    FROM step_executions s
-    WHERE s.execution_id = ANY($1::text[])
-    GROUP BY s.execution_id
-) AS t(execution_id, cost, input_tokens, output_tokens, calls)
-WHERE e.id = ANY($1::text[]) AND e.id = t.execution_id
-  AND (e.cost_total_usd, e.input_tokens, e.output_tokens, e.llm_calls)
-      IS DISTINCT FROM (t.cost, t.input_tokens, t.output_tokens, t.calls)
+SET cost_total_usd = e.cost_total_usd + t.cost,
+    input_tokens = e.input_tokens + t.input_tokens,
+    output_tokens = e.output_tokens + t.output_tokens,
+    llm_calls = e.llm_calls + t.calls
+FROM unnest($1::text[], $2::float8[], $3::int8[], $4::int8[], $5::int4[])
+    AS t(execution_id, cost, input_tokens, output_tokens, calls)
+WHERE e.id = t.execution_id
 """
-# The COPY variant (measured by bench/export.py --pg-method copy): rows go to a temp table by
-# binary COPY, then one INSERT ... SELECT moves them with the same conflict handling.
-_PG_STEP_TEMP = "_wflo_steps_in"
-_PG_STEP_TEMP_DDL = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STEP_TEMP} (LIKE step_executions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-)
-_PG_STEP_FROM_TEMP = (
-    f"INSERT INTO step_executions SELECT * FROM {_PG_STEP_TEMP} ORDER BY id {_STEP_CONFLICT}"
-)
+# The default step path: the ids of the batch already stored are looked up, and the new
+# rows are written by binary COPY straight into the table (``bench/export.py`` measured
+# it at about twice the rate of the ``unnest`` INSERT, which costs array encoding on
+# both ends). COPY has no ON CONFLICT: a concurrent writer of the same span id makes it
+# fail with a unique violation, and the transaction is run again (its look-up then sees
+# the other writer's committed rows). Writers of one execution rarely get there: they
+# queue on the execution row upserted before the steps.
+_PG_STEP_IDS_SQL = "SELECT id FROM step_executions WHERE id = ANY($1::text[])"
 
 
 def _policy_rows(batch: RowBatch) -> list[tuple]:
@@ -362,7 +380,7 @@ def _columnar(rows: list[tuple], width: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows)]
 
 
-async def _pg_write(pg, batch: RowBatch, method: str, before_commit=None) -> None:
+async def _pg_write(pg, batch: RowBatch, before_commit=None) -> None:
     """One transaction on an asyncpg connection."""
     definitions = _rows(_sorted(batch.definitions), DEF_COLUMNS, sqlite=False)
     executions = _rows(_sorted(batch.executions), EXEC_COLUMNS, sqlite=False)
@@ -373,21 +391,26 @@ async def _pg_write(pg, batch: RowBatch, method: str, before_commit=None) -> Non
             policies = _policy_rows(batch)
             if policies:
                 await pg.execute(_PG_POLICY_SQL, *_columnar(policies, 3))
-        if executions:
+        if executions:  # every execution the steps belong to: locked here, in id order
             await pg.execute(_PG_EXEC_SQL, *_columnar(executions, len(EXEC_COLUMNS)))
         if steps:
-            if method == "copy":
-                await pg.execute(_PG_STEP_TEMP_DDL)
-                await pg.copy_records_to_table(
-                    _PG_STEP_TEMP, records=steps, columns=[c.name for c in STEP_COLUMNS]
-                )
-                await pg.execute(_PG_STEP_FROM_TEMP)
-            else:
-                await pg.execute(_PG_STEP_SQL, *_columnar(steps, len(STEP_COLUMNS)))
-        if batch.executions:
-            await pg.execute(_PG_TOTALS_SQL, sorted(batch.executions))
+            new_steps = await _pg_copy_new_steps(pg, steps)
+            totals = _totals_added(new_steps)
+            if totals:
+                await pg.execute(_PG_ADD_TOTALS_SQL, *_columnar(totals, 5))
         if before_commit is not None:
             await before_commit()
+
+
+async def _pg_copy_new_steps(pg, steps: list[tuple]) -> list[tuple]:
+    """COPY the step rows whose span id is not stored yet; returns them."""
+    stored = await pg.fetch(_PG_STEP_IDS_SQL, [row[_ID] for row in steps])
+    if stored:
+        known = {record[0] for record in stored}
+        steps = [row for row in steps if row[_ID] not in known]
+    if steps:
+        await pg.copy_records_to_table("step_executions", records=steps, columns=STEP_COLUMN_NAMES)
+    return steps
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -403,15 +426,14 @@ _SQLITE_DEF_SQL = _sqlite_insert_sql("workflow_definitions", DEF_COLUMNS, _DEF_C
 _SQLITE_POLICY_SQL = "UPDATE workflow_definitions SET policies = ?, updated_at = ? WHERE id = ? AND policies IS NOT ?"
 _SQLITE_EXEC_SQL = _sqlite_insert_sql("workflow_executions", EXEC_COLUMNS, _EXEC_CONFLICT)
 _SQLITE_STEP_SQL = _sqlite_insert_sql("step_executions", STEP_COLUMNS, _STEP_CONFLICT)
-_SQLITE_TOTALS_SQL = (
-    "UPDATE workflow_executions SET (cost_total_usd, input_tokens, output_tokens, llm_calls) = "
-    f"(SELECT {_TOTALS_COLUMNS} FROM step_executions s WHERE s.execution_id = workflow_executions.id) "
-    "WHERE id = ?"
+_SQLITE_ADD_TOTALS_SQL = (
+    "UPDATE workflow_executions SET cost_total_usd = cost_total_usd + ?, input_tokens = input_tokens + ?,"
+    " output_tokens = output_tokens + ?, llm_calls = llm_calls + ? WHERE id = ?"
 )
 
 
 async def _sqlite_write(db, batch: RowBatch, before_commit=None) -> None:
-    """One ``BEGIN IMMEDIATE`` transaction on an aiosqlite connection."""
+    """One ``BEGIN IMMEDIATE`` transaction on an aiosqlite connection (the only writer meanwhile)."""
     definitions = _rows(_sorted(batch.definitions), DEF_COLUMNS, sqlite=True)
     executions = _rows(_sorted(batch.executions), EXEC_COLUMNS, sqlite=True)
     steps = _rows(_sorted(batch.steps), STEP_COLUMNS, sqlite=True)
@@ -427,9 +449,11 @@ async def _sqlite_write(db, batch: RowBatch, before_commit=None) -> None:
         if executions:
             await db.executemany(_SQLITE_EXEC_SQL, executions)
         if steps:
+            steps = await _sqlite_new_steps(db, steps)
             await db.executemany(_SQLITE_STEP_SQL, steps)
-        if batch.executions:
-            await db.executemany(_SQLITE_TOTALS_SQL, [(i,) for i in sorted(batch.executions)])
+            totals = _totals_added(steps)
+            if totals:
+                await db.executemany(_SQLITE_ADD_TOTALS_SQL, [(*t[1:], t[0]) for t in totals])
         if before_commit is not None:
             await before_commit()
         await db.commit()
@@ -439,6 +463,17 @@ async def _sqlite_write(db, batch: RowBatch, before_commit=None) -> None:
         except Exception:  # the connection may be gone; the pool will drop it
             _log.debug("wflo-otel: rollback failed", exc_info=True)
         raise
+
+
+async def _sqlite_new_steps(db, steps: list[tuple]) -> list[tuple]:
+    """The step rows whose span id is not stored yet (exact: no other writer runs meanwhile)."""
+    known: set[str] = set()
+    for start in range(0, len(steps), _CHUNK):
+        ids = [row[_ID] for row in steps[start : start + _CHUNK]]
+        marks = ", ".join("?" * len(ids))
+        async with db.execute(f"SELECT id FROM step_executions WHERE id IN ({marks})", ids) as cursor:
+            known.update(row[0] for row in await cursor.fetchall())
+    return [row for row in steps if row[_ID] not in known] if known else steps
 
 
 # --------------------------------------------------------------------------- errors
@@ -516,17 +551,13 @@ class SpanStore:
         max_overflow: int = 5,
         connect_timeout_s: float = 10.0,
         deadlock_retries: int = 5,
-        pg_method: str = "unnest",
     ) -> None:
-        if pg_method not in ("unnest", "copy"):
-            raise ValueError("pg_method is 'unnest' or 'copy'")
         self.url = normalize_url(url)
         self.engine = create_engine(
             self.url, pool_size=pool_size, max_overflow=max_overflow, connect_timeout_s=connect_timeout_s
         )
         self.dialect = self.engine.dialect.name
         self.deadlock_retries = deadlock_retries
-        self.pg_method = pg_method
         self.retried_transactions = 0
         # Awaited inside each write transaction just before COMMIT; tests use it to hold a
         # transaction open while another writer races it.
@@ -585,7 +616,7 @@ class SpanStore:
             driver = await _driver_connection(conn)
             try:
                 if self.dialect == "postgresql":
-                    await _pg_write(driver, batch, self.pg_method, self.before_commit)
+                    await _pg_write(driver, batch, self.before_commit)
                 else:
                     await _sqlite_write(driver, batch, self.before_commit)
             except Exception as exc:
