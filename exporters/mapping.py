@@ -38,10 +38,13 @@ class RowBatch:
         return len(self.steps)
 
 
+_UTC = timezone.utc
+
+
 def ns_to_datetime(ns: int | None) -> datetime | None:
     if not ns:
         return None
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+    return datetime.fromtimestamp(ns / 1e9, _UTC)  # positional tz: a third cheaper, three per span
 
 
 def map_records(records: Iterable[SpanRecord], pricebook=None) -> RowBatch:
@@ -202,7 +205,7 @@ def _step_row(record: SpanRecord, execution_id: str, is_root: bool, pricebook) -
         # Stored as the span has them (JSON encodes tuples as arrays); a promoted attribute
         # (the workflow inputs, in their own column) is not repeated.
         "attributes": attrs if A.WFLO_WORKFLOW_INPUTS not in attrs else {k: v for k, v in attrs.items() if k not in _PROMOTED},
-        "events": list(record.events) or None,
+        "events": list(record.events) if record.events else None,
     }
 
 

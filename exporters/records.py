@@ -32,23 +32,34 @@ class SpanRecord:
 def record_from_readable_span(span: ReadableSpan) -> SpanRecord:
     ctx = span.context
     parent = span.parent
+    status = span.status
     return SpanRecord(
         trace_id=format(ctx.trace_id, "032x"),
         span_id=format(ctx.span_id, "016x"),
         parent_span_id=format(parent.span_id, "016x") if parent is not None and parent.span_id else None,
         name=span.name,
-        kind=span.kind.name,
-        status_code=span.status.status_code.name,
-        status_message=span.status.description,
+        kind=span.kind._name_,  # the member's name; ``.name`` is a descriptor call, this runs per span
+        status_code=status.status_code._name_,
+        status_message=status.description,
         start_ns=span.start_time or 0,
         end_ns=span.end_time,
         attributes=_plain_attributes(span),
-        events=[
-            {"name": e.name, "time_unix_nano": e.timestamp, "attributes": dict(e.attributes or {})}
-            for e in span.events
-        ],
-        resource=span.resource.attributes if span.resource is not None else {},
+        events=_events(span),
+        resource=_resource_attributes(span.resource),
     )
+
+
+_NO_EVENTS: tuple = ()
+
+
+def _events(span: ReadableSpan) -> Sequence[Mapping[str, Any]]:
+    # ``span.events`` copies the SDK's locked list even when it is empty, as it mostly is.
+    raw = getattr(span, "_events", None)
+    if raw is not None and not len(raw):
+        return _NO_EVENTS
+    return [
+        {"name": e.name, "time_unix_nano": e.timestamp, "attributes": dict(e.attributes or {})} for e in span.events
+    ]
 
 
 def _plain_attributes(span: ReadableSpan) -> Mapping[str, Any]:
@@ -62,3 +73,19 @@ def _plain_attributes(span: ReadableSpan) -> Mapping[str, Any]:
     if type(inner) is dict:
         return inner
     return dict(span.attributes or {})
+
+
+# The spans of one provider share one Resource: its attributes are made plain once.
+_last_resource: tuple[Any, Mapping[str, Any]] = (None, {})
+
+
+def _resource_attributes(resource: Any) -> Mapping[str, Any]:
+    global _last_resource
+    last, plain = _last_resource
+    if resource is last:
+        return plain
+    if resource is None:
+        return {}
+    plain = dict(resource.attributes)
+    _last_resource = (resource, plain)
+    return plain

@@ -5,11 +5,12 @@ already stored, inserts only the others, and *adds* exactly those new rows to th
 executions' totals (cost, tokens, LLM calls). A span delivered twice is skipped the
 second time, so it is one row and counted once.
 
-Concurrency. On PostgreSQL every execution row the batch touches is upserted
-*first*, in id order, with ``ON CONFLICT DO UPDATE ... WHERE`` (which locks the
-existing row even when the WHERE is false): two writers racing on one execution
-serialise there, and the later one's look-up sees the earlier one's committed
-steps. Rows are always written in key order (definitions, executions, steps), so
+Concurrency. On PostgreSQL every execution row the batch touches is written
+*first*, in id order: a stored one is upserted with ``ON CONFLICT DO UPDATE ...
+WHERE`` (which locks the row even when the WHERE is false), a new one inserted.
+Two writers racing on one execution serialise there (on the lock, or on the
+unique index of the new row), and the later one's look-up sees the earlier one's
+committed steps. Rows are always written in key order (definitions, executions, steps), so
 writers cannot deadlock each other; a deadlock or serialization failure (SQLSTATE
 40P01/40001), or a unique violation from a writer that stored the same span between
 our look-up and our insert (23505), runs the transaction again. On SQLite each batch
@@ -17,9 +18,9 @@ runs under ``BEGIN IMMEDIATE`` (one writer at a time, others wait up to the busy
 timeout), in WAL mode, so its look-up is exact.
 
 Speed. The rows are written through the driver connection of the SQLAlchemy pool
-with statements prepared once. On PostgreSQL, definitions and executions go as one
-``INSERT ... SELECT FROM unnest($1::text[], ...)`` each (an upsert), and new steps
-by binary ``COPY`` straight into their table — about twice the rate of the
+with statements prepared once. On PostgreSQL, definitions and stored executions go as one
+``INSERT ... SELECT FROM unnest($1::text[], ...)`` each (an upsert), and new
+executions and steps by binary ``COPY`` straight into their tables — about twice the rate of the
 ``unnest`` insert, whose array encoding costs on both ends (``bench/export.py``).
 On SQLite, ``executemany``. Values are converted to what each driver stores exactly
 as SQLAlchemy would (JSON text; SQLite timestamps in SQLAlchemy's storage format),
@@ -111,7 +112,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 # --------------------------------------------------------------------------- values
 
 
-_encode_json = json.JSONEncoder(allow_nan=False, default=str).encode
+_encode_json = json.JSONEncoder(allow_nan=False, default=str, check_circular=False).encode  # attributes cannot nest
 _encode_json_lenient = json.JSONEncoder(default=str).encode
 
 
@@ -140,19 +141,24 @@ def _json_clean(value: Any) -> Any:
     return value
 
 
+_MINUTES: dict[tuple[int, int, int, int, int], str] = {}
+
+
 def _sqlite_timestamp(value: datetime | None) -> str | None:
-    # SQLAlchemy's SQLite DATETIME storage format (UTC wall time: every timestamp we write is UTC).
+    """SQLAlchemy's SQLite DATETIME storage format (UTC wall time: every timestamp we write is UTC).
+
+    The "YYYY-MM-DD HH:MM:" part is kept per minute: spans of a batch share a few
+    minutes, and this runs twice per span.
+    """
     if value is None:
         return None
-    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (
-        value.year,
-        value.month,
-        value.day,
-        value.hour,
-        value.minute,
-        value.second,
-        value.microsecond,
-    )
+    minute = (value.year, value.month, value.day, value.hour, value.minute)
+    prefix = _MINUTES.get(minute)
+    if prefix is None:
+        if len(_MINUTES) > 4096:
+            _MINUTES.clear()
+        prefix = _MINUTES[minute] = "%04d-%02d-%02d %02d:%02d:" % minute
+    return "%s%02d.%06d" % (prefix, value.second, value.microsecond)
 
 
 def _text(length: int | None) -> Callable[[Any], Any]:
@@ -193,6 +199,9 @@ class _Column:
     pg_cast: str | None  # cast applied in the SELECT list (jsonb arrives as text)
     convert: Callable[[Any], Any]
     sqlite_convert: Callable[[Any], Any]
+    # When ``v`` passes unchanged (the converter's own first test), as inline Python:
+    # the generated row builder calls the converter only when this is false.
+    unchanged: str | None = None
 
 
 def _columns(table: sa.Table) -> tuple[_Column, ...]:
@@ -203,15 +212,19 @@ def _columns(table: sa.Table) -> tuple[_Column, ...]:
             columns.append(_Column(column.name, "text", "jsonb", _json_text, _json_text))
         elif isinstance(t, sa.DateTime):
             columns.append(_Column(column.name, "timestamptz", None, _identity, _sqlite_timestamp))
-        elif isinstance(t, sa.BigInteger):
-            columns.append(_Column(column.name, "int8", None, _number(int), _number(int)))
-        elif isinstance(t, sa.Integer):
-            columns.append(_Column(column.name, "int4", None, _number(int), _number(int)))
+        elif isinstance(t, (sa.BigInteger, sa.Integer)):
+            pg_type = "int8" if isinstance(t, sa.BigInteger) else "int4"
+            unchanged = "v is None or v.__class__ is int"
+            columns.append(_Column(column.name, pg_type, None, _number(int), _number(int), unchanged))
         elif isinstance(t, (sa.Float, sa.Double)):
-            columns.append(_Column(column.name, "float8", None, _number(float), _number(float)))
+            unchanged = "v is None or v.__class__ is float"
+            columns.append(_Column(column.name, "float8", None, _number(float), _number(float), unchanged))
         elif isinstance(t, (sa.String, sa.Text)):
-            convert = _text(getattr(t, "length", None))
-            columns.append(_Column(column.name, "text", None, convert, convert))
+            length = getattr(t, "length", None)
+            convert = _text(length)
+            limit = length if length is not None else 1 << 62
+            unchanged = f"v is None or (v.__class__ is str and len(v) <= {limit} and '\\x00' not in v)"
+            columns.append(_Column(column.name, "text", None, convert, convert, unchanged))
         else:  # pragma: no cover - the schema has no other types
             raise TypeError(f"unsupported column type {t!r} for {table.name}.{column.name}")
     return tuple(columns)
@@ -225,6 +238,7 @@ def _identity(value: Any) -> Any:
 _TOTALS = ("cost_total_usd", "input_tokens", "output_tokens", "llm_calls")
 DEF_COLUMNS = _columns(workflow_definitions)
 EXEC_COLUMNS = tuple(c for c in _columns(workflow_executions) if c.name not in _TOTALS)
+EXEC_COLUMN_NAMES = tuple(c.name for c in EXEC_COLUMNS)
 STEP_COLUMNS = _columns(step_executions)
 STEP_COLUMN_NAMES = tuple(c.name for c in STEP_COLUMNS)
 # Positions in a step row tuple (the id comes first).
@@ -288,18 +302,24 @@ def _totals_added(steps: list[tuple]) -> list[tuple]:
 def _compile_rows(columns: Sequence[_Column], sqlite: bool) -> Callable[[Sequence[dict]], list[tuple]]:
     """A function turning row dicts into driver tuples, generated once per table and engine.
 
-    Straight-line code (one call per converted column, plain ``get`` otherwise) costs a
-    third of a generic per-column loop, and this runs for every span.
+    Straight-line code costs a third of a generic per-column loop, and this runs for
+    every span: a plain ``get`` where nothing is converted, the converter's first test
+    inline (so the common value costs no call), the converter otherwise.
     """
     namespace: dict[str, Any] = {}
     items = []
     for i, column in enumerate(columns):
         convert = column.sqlite_convert if sqlite else column.convert
+        get = f"g({column.name!r})"
         if convert is _identity:
-            items.append(f"g({column.name!r})")
-        else:
-            namespace[f"c{i}"] = convert
-            items.append(f"c{i}(g({column.name!r}))")
+            items.append(get)
+            continue
+        namespace[f"c{i}"] = convert
+        if column.unchanged is None:
+            items.append(f"c{i}({get})")
+        else:  # the first ``v`` of the test is where the value is fetched
+            test = column.unchanged.replace("v", f"(v := {get})", 1)
+            items.append(f"(v if {test} else c{i}(v))")
     source = (
         "def rows(dicts):\n"
         "    out = []\n"
@@ -363,6 +383,8 @@ WHERE e.id = t.execution_id
 # the other writer's committed rows). Writers of one execution rarely get there: they
 # queue on the execution row upserted before the steps.
 _PG_STEP_IDS_SQL = "SELECT id FROM step_executions WHERE id = ANY($1::text[])"
+# Executions likewise: the new ones by COPY, the stored ones by the upsert, which locks them.
+_PG_EXEC_IDS_SQL = "SELECT id FROM workflow_executions WHERE id = ANY($1::text[])"
 
 
 def _policy_rows(batch: RowBatch) -> list[tuple]:
@@ -391,8 +413,8 @@ async def _pg_write(pg, batch: RowBatch, before_commit=None) -> None:
             policies = _policy_rows(batch)
             if policies:
                 await pg.execute(_PG_POLICY_SQL, *_columnar(policies, 3))
-        if executions:  # every execution the steps belong to: locked here, in id order
-            await pg.execute(_PG_EXEC_SQL, *_columnar(executions, len(EXEC_COLUMNS)))
+        if executions:  # every execution the steps belong to: locked (or inserted) here, in id order
+            await _pg_write_executions(pg, executions)
         if steps:
             new_steps = await _pg_copy_new_steps(pg, steps)
             totals = _totals_added(new_steps)
@@ -402,15 +424,30 @@ async def _pg_write(pg, batch: RowBatch, before_commit=None) -> None:
             await before_commit()
 
 
+async def _pg_write_executions(pg, executions: list[tuple]) -> None:
+    """Upsert the executions already stored (locking them); COPY the new ones."""
+    new, stored = await _pg_split_stored(pg, _PG_EXEC_IDS_SQL, executions)
+    if stored:
+        await pg.execute(_PG_EXEC_SQL, *_columnar(stored, len(EXEC_COLUMNS)))
+    if new:
+        await pg.copy_records_to_table("workflow_executions", records=new, columns=EXEC_COLUMN_NAMES)
+
+
 async def _pg_copy_new_steps(pg, steps: list[tuple]) -> list[tuple]:
     """COPY the step rows whose span id is not stored yet; returns them."""
-    stored = await pg.fetch(_PG_STEP_IDS_SQL, [row[_ID] for row in steps])
-    if stored:
-        known = {record[0] for record in stored}
-        steps = [row for row in steps if row[_ID] not in known]
-    if steps:
-        await pg.copy_records_to_table("step_executions", records=steps, columns=STEP_COLUMN_NAMES)
-    return steps
+    new, _ = await _pg_split_stored(pg, _PG_STEP_IDS_SQL, steps)
+    if new:
+        await pg.copy_records_to_table("step_executions", records=new, columns=STEP_COLUMN_NAMES)
+    return new
+
+
+async def _pg_split_stored(pg, ids_sql: str, rows: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """(rows whose id is not in the table, rows whose id is): the id is the first column."""
+    found = await pg.fetch(ids_sql, [row[0] for row in rows])
+    if not found:
+        return rows, []
+    known = {record[0] for record in found}
+    return [row for row in rows if row[0] not in known], [row for row in rows if row[0] in known]
 
 
 # --------------------------------------------------------------------------- SQLite
