@@ -38,6 +38,7 @@ exporter (queue 32,768, batches of 2,048; ``--sdk-defaults``: the SDK's queue
 from __future__ import annotations
 
 import argparse
+import gc
 import asyncio
 import json
 import statistics
@@ -366,6 +367,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spans", type=int, default=70_000, help="spans per throughput run (7 per execution)")
     parser.add_argument("--engines", default="sqlite,postgresql")
+    parser.add_argument(
+        "--freeze-fixture",
+        action="store_true",
+        help="gc.freeze() the captured spans before export()-alone and floor runs (neither side then scans them)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="alternating export()-alone / floor pairs")
     parser.add_argument("--sustained", type=float, default=10.0, metavar="SECONDS", help="0 to skip")
     parser.add_argument("--rate", type=int, default=5000, help="spans/s for --sustained")
@@ -385,6 +391,9 @@ def main(argv=None) -> int:
             # export() alone and the floor alternate, each on a fresh database, so both see
             # the same machine; the ratio is the median of the per-pair ratios.
             pairs = []
+            if args.freeze_fixture:
+                gc.collect()
+                gc.freeze()
             for _ in range(args.repeat):
                 with database(engine, args) as url:
                     migrate(url)
@@ -393,6 +402,7 @@ def main(argv=None) -> int:
                     migrate(url)
                     floor = measure_floor(engine, url, run["captured"])
                 pairs.append((isolated, floor))
+            gc.unfreeze()
             assert run["rows"] == run["spans"], f"{engine}: {run['rows']} rows for {run['spans']} spans"
             run["isolated_rate"] = statistics.median(p[0] for p in pairs)
             run["ratio"] = statistics.median(p[0] / p[1] for p in pairs)

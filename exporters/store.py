@@ -112,14 +112,31 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 # --------------------------------------------------------------------------- values
 
 
+try:  # a dependency; the json module remains the fallback where it cannot be installed
+    from orjson import dumps as _orjson_dumps
+except ImportError:  # pragma: no cover
+    _orjson_dumps = None
+
 _encode_json = json.JSONEncoder(allow_nan=False, default=str, check_circular=False).encode  # attributes cannot nest
 _encode_json_lenient = json.JSONEncoder(default=str).encode
 
 
 def _json_text(value: Any) -> str | None:
-    """JSON text both engines accept (PostgreSQL's jsonb refuses NaN and \\u0000)."""
+    """JSON text both engines accept (PostgreSQL's jsonb refuses NaN and \\u0000).
+
+    orjson first (this runs for every stored span). It writes NaN and Infinity as
+    ``null``: any ``null`` in its output (a real one, or only the word in a string)
+    sends the value down the json module's path, which keeps them as strings.
+    """
     if value is None:
         return None
+    if _orjson_dumps is not None:
+        try:
+            text = _orjson_dumps(value, default=str).decode()
+        except TypeError:  # orjson.JSONEncodeError: a non-str key, an int beyond 64 bits
+            text = None
+        if text is not None and "null" not in text and "\\u0000" not in text:
+            return text
     try:
         text = _encode_json(value)
     except ValueError:  # NaN / Infinity somewhere

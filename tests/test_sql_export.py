@@ -185,3 +185,34 @@ def test_a_burst_of_spans_faster_than_the_database_loses_none(tmp_path):
     finally:
         handle.shutdown()  # flushes
     assert query(url, "SELECT COUNT(*) FROM step_executions") == [(10_001,)]
+
+
+def test_attribute_values_json_has_no_words_for_are_stored_readably(database_url):
+    provider = TracerProvider()
+    memory = InMemorySpanExporter()
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    odd = {
+        "plain": "text",
+        "not.a.number": float("nan"),
+        "infinite": float("-inf"),
+        "nul.char": "before\x00after",
+        "says.null": "nullable",
+        "huge": 2**70,
+        "floats": (0.1, 2.5e-07),
+    }
+    with provider.get_tracer("t").start_as_current_span("odd values", attributes=odd):
+        pass
+    exporter = SQLSpanExporter(database_url)
+    try:
+        assert exporter.export(memory.get_finished_spans()).name == "SUCCESS"
+    finally:
+        exporter.shutdown()
+    ((stored,),) = query(database_url, "SELECT attributes FROM step_executions")
+    stored = stored if isinstance(stored, dict) else json.loads(stored)
+    assert stored["plain"] == "text" and stored["says.null"] == "nullable"
+    # JSON has no NaN or Infinity: kept as strings, never as null; NUL is dropped (jsonb refuses it).
+    assert stored["not.a.number"] == "nan" and stored["infinite"] == "-inf"
+    assert stored["nul.char"] == "beforeafter"
+    assert stored["huge"] == 2**70 and stored["floats"] == [0.1, 2.5e-07]
