@@ -51,10 +51,13 @@ _log = logging.getLogger(__name__)
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./wflo.db"
 # Rows per statement on SQLite (executemany has no limit; the IN-lists do).
 _CHUNK = 500
-# SQLSTATEs worth running the same transaction again for.
-# 23505 (unique violation) only arises when a concurrent writer stored the same span
-# between our look-up and our COPY: run again, the look-up then skips it.
+# SQLSTATEs worth running the same transaction again for: serialization failure, deadlock,
+# and a unique violation, which only arises when a concurrent writer stored the same span
+# between our look-up and our COPY (run again, the look-up then skips it).
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505"})
+# Of those, the ones that say nothing about the rows: a unique violation that outlasts the
+# retries is a data problem (the batch is kept aside), not a database that is away.
+_TRANSIENT_RETRYABLE = frozenset({"40001", "40P01"})
 
 
 def normalize_url(url: str) -> str:
@@ -543,7 +546,7 @@ def sqlstate_of(exc: BaseException) -> str | None:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """A serialization failure or deadlock: the same transaction will likely succeed now."""
+    """A serialization failure, deadlock or lost race on a span id: the same transaction will likely succeed now."""
     return sqlstate_of(exc) in RETRYABLE_SQLSTATES
 
 
@@ -552,7 +555,7 @@ def is_transient(exc: BaseException) -> bool:
 
     Anything else (a constraint or data error) would fail again on the same rows.
     """
-    if is_retryable(exc):
+    if sqlstate_of(exc) in _TRANSIENT_RETRYABLE:
         return True
     if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError, EOFError)):
         return True

@@ -27,7 +27,7 @@ from wflo_otel.exporters.mapping import map_records
 from wflo_otel.exporters.records import record_from_readable_span
 from wflo_otel.exporters.spool import Spool, decode_batch, encode_batch
 from wflo_otel.exporters.sql import SQLSpanExporter
-from wflo_otel.exporters.store import SpanStore, is_transient
+from wflo_otel.exporters.store import SpanStore, is_retryable, is_transient
 
 
 def exporter_for(url: str, spool_dir: Path, **kwargs) -> SQLSpanExporter:
@@ -373,6 +373,9 @@ def test_errors_are_told_apart_as_transient_or_not():
     assert is_transient(PgError("57P01")) and is_transient(PgError("08006")) and is_transient(PgError("40001"))
     assert not is_transient(PgError("23502")) and not is_transient(PgError("22P02"))
     assert is_transient(Exception("database is locked"))
+    # A lost race on a span id is run again by the store, but is no sign of a database away.
+    assert is_retryable(PgError("23505")) and is_retryable(PgError("40P01"))
+    assert not is_transient(PgError("23505")) and not is_retryable(PgError("23502"))
 
 
 def test_spooled_batches_round_trip_and_are_replayed_oldest_first(tmp_path):
