@@ -1,12 +1,16 @@
 """Benchmark: spans persisted per second by the SQL exporter, next to the floor of each engine.
 
-Run: python bench/export.py [--spans 70000] [--engines sqlite,postgresql]
+Run: python bench/export.py [--spans 70000] [--engines sqlite,postgresql] [--writers thread,process]
                             [--sustained 10] [--rate 5000] [--pg-url postgresql://postgres@127.0.0.1:5432/postgres]
 
 Spans are real SDK spans of realistic workflow executions (a workflow root as
 ``wflo_otel.workflow`` makes it, a plain step, five CLIENT LLM spans with GenAI
 usage attributes and ``wflo.cost.usd``: 7 spans per execution), ended on a
 ``TracerProvider`` whose ``BatchSpanProcessor`` feeds ``SQLSpanExporter``.
+
+Each measurement runs per engine and per writer: ``thread`` (the default: the
+exporter writes from the application's process) and ``process`` (``writer="process"``:
+a child process writes, off the application's GIL).
 
 Throughput (per engine, fresh database, schema migrated beforehand):
 
@@ -197,9 +201,8 @@ def migrate(url: str) -> None:
 # --------------------------------------------------------------------------- measurements
 
 
-def measure_exporter(engine: str, url: str, n_executions: int, spool: Path) -> dict:
-    store = S.SpanStore(url)
-    exporter = TimedExporter(url, store=store, spool_dir=spool, handle_sigterm=False)
+def measure_exporter(engine: str, url: str, n_executions: int, spool: Path, writer: str = "thread") -> dict:
+    exporter = TimedExporter(url, spool_dir=spool, handle_sigterm=False, writer=writer)
     exporter.migrate()
     provider = TracerProvider()
     capture = InMemorySpanExporter()
@@ -253,10 +256,9 @@ def python_side_us(spans) -> tuple[float, float]:
     return best_record, best_mapping
 
 
-def measure_isolated(url: str, spans, spool: Path) -> float:
+def measure_isolated(url: str, spans, spool: Path, writer: str = "thread") -> float:
     """export() alone: the captured spans fed in batches, no application thread competing for the GIL."""
-    store = S.SpanStore(url)
-    exporter = SQLSpanExporter(url, store=store, spool_dir=spool, handle_sigterm=False)
+    exporter = SQLSpanExporter(url, spool_dir=spool, handle_sigterm=False, writer=writer)
     exporter.migrate()
     started = time.perf_counter()
     for i in range(0, len(spans), BATCH):
@@ -340,8 +342,10 @@ def creation_cost_us(executions: int = 1000) -> float:
     return best
 
 
-def measure_sustained(url: str, rate: int, seconds: float, spool: Path, sdk_defaults: bool = False) -> dict:
-    exporter = SQLSpanExporter(url, spool_dir=spool, handle_sigterm=False)
+def measure_sustained(
+    url: str, rate: int, seconds: float, spool: Path, sdk_defaults: bool = False, writer: str = "thread"
+) -> dict:
+    exporter = SQLSpanExporter(url, spool_dir=spool, handle_sigterm=False, writer=writer)
     exporter.migrate()
     drops = DropCounter()
     for name in ("opentelemetry.sdk._shared_internal", "opentelemetry.sdk.trace.export"):
@@ -402,19 +406,24 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="alternating export()-alone / floor pairs")
     parser.add_argument("--sustained", type=float, default=10.0, metavar="SECONDS", help="0 to skip")
     parser.add_argument("--rate", type=int, default=5000, help="spans/s for --sustained")
+    parser.add_argument(
+        "--writers", default="thread,process", help="the exporter's writer: in this process, or a child process"
+    )
     parser.add_argument("--sdk-defaults", action="store_true", help="--sustained with the SDK's BSP defaults")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     n_executions = max(1, args.spans // SPANS_PER_EXECUTION)
     spool = Path(tempfile.mkdtemp(prefix="wflo-bench-spool-"))
+    writers = [w.strip() for w in args.writers.split(",") if w.strip()]
 
     results = []
     for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
-        for method in ["executemany" if engine == "sqlite" else "copy"]:
+        for writer in writers:
+            method = writer
             with database(engine, args) as url:
                 migrate(url)
-                run = measure_exporter(engine, url, n_executions, spool)
+                run = measure_exporter(engine, url, n_executions, spool, writer)
             # export() alone and the floor alternate, each on a fresh database, so both see
             # the same machine; the ratio is the median of the per-pair ratios.
             pairs = []
@@ -424,7 +433,7 @@ def main(argv=None) -> int:
             for _ in range(args.repeat):
                 with database(engine, args) as url:
                     migrate(url)
-                    isolated = measure_isolated(url, run["captured"], spool)
+                    isolated = measure_isolated(url, run["captured"], spool, writer)
                 with database(engine, args) as url:
                     migrate(url)
                     floor = measure_floor(engine, url, run["captured"])
@@ -440,7 +449,7 @@ def main(argv=None) -> int:
 
     print(f"\nThroughput: {n_executions * SPANS_PER_EXECUTION:,} spans ({n_executions:,} executions of 7 spans), batches of {BATCH}\n")
     header = (
-        f"{'engine':<11} {'write':<12} {'export() alone':>14} {'in pipeline':>11} {'end-to-end':>10}"
+        f"{'engine':<11} {'writer':<12} {'export() alone':>14} {'in pipeline':>11} {'end-to-end':>10}"
         f" {'floor rows/s':>12} {'alone/floor':>11} {'pipeline/floor':>14}"
     )
     print(header)
@@ -469,12 +478,16 @@ def main(argv=None) -> int:
             f"creating the spans alone (SDK, dropping exporter): {creation_us:.0f} µs/span,"
             f" {creation_us * args.rate / 1e6:.0%} of one core at {args.rate:,} spans/s\n"
         )
-        print(f"{'engine':<11} {'produced':>9} {'achieved sp/s':>13} {'rows':>9} {'dropped':>8} {'spooled':>8}")
+        print(f"{'engine':<11} {'writer':<8} {'produced':>9} {'achieved sp/s':>13} {'rows':>9} {'dropped':>8} {'spooled':>8}")
         for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
-            with database(engine, args) as url:
-                migrate(url)
-                s = measure_sustained(url, args.rate, args.sustained, spool, args.sdk_defaults)
-            print(f"{engine:<11} {s['produced']:9,} {s['rate']:13,.0f} {s['rows']:9,} {s['dropped']:8,} {s['spooled']:8,}")
+            for writer in writers:
+                with database(engine, args) as url:
+                    migrate(url)
+                    s = measure_sustained(url, args.rate, args.sustained, spool, args.sdk_defaults, writer)
+                print(
+                    f"{engine:<11} {writer:<8} {s['produced']:9,} {s['rate']:13,.0f} {s['rows']:9,}"
+                    f" {s['dropped']:8,} {s['spooled']:8,}"
+                )
     return 0
 
 

@@ -62,6 +62,10 @@ class SQLSpanExporter(SpanExporter):
     ``spool_dir``: ``None`` for ``$WFLO_SPOOL_DIR`` or ``~/.cache/wflo-otel/spool``,
     ``False`` for no spool (a batch that cannot be written is then lost, loudly).
     ``spool_max_mb``: default ``$WFLO_SPOOL_MAX_MB`` or 256.
+    ``writer``: ``"thread"`` (default, or ``$WFLO_EXPORT_WRITER``) writes from this process;
+    ``"process"`` hands each mapped batch to a child process that writes it
+    (``process_store``), so the database work does not compete with the application
+    for the GIL. Either way ``export()`` returns once the batch is committed.
     """
 
     def __init__(
@@ -77,11 +81,12 @@ class SQLSpanExporter(SpanExporter):
         spool_max_mb: float | None = None,
         handle_sigterm: bool | None = None,
         store: SpanStore | None = None,
+        writer: str | None = None,
     ) -> None:
         from wflo_otel.settings import database_url as resolve_database_url
 
         self.database_url = resolve_database_url(database_url)
-        self._store = store or SpanStore(self.database_url)
+        self._store = store or _new_store(self.database_url, writer, timeout_s)
         self._safe_url = make_url(self._store.url).render_as_string(hide_password=True)
         self._auto_migrate = auto_migrate
         self._migrated = False
@@ -425,6 +430,21 @@ class SQLSpanExporter(SpanExporter):
                 self._state.wait(min(remaining, 0.05))
                 self._wake.set()
             return not self._spool_dirty
+
+
+WRITER_ENV = "WFLO_EXPORT_WRITER"
+WRITERS = ("thread", "process")
+
+
+def _new_store(url: str, writer: str | None, timeout_s: float):
+    writer = (writer or os.environ.get(WRITER_ENV) or "thread").strip().lower()
+    if writer not in WRITERS:
+        raise ValueError(f"writer must be one of {', '.join(WRITERS)} (got {writer!r}; ${WRITER_ENV})")
+    if writer == "process":
+        from .process_store import ProcessStore
+
+        return ProcessStore(url, timeout_s=timeout_s)
+    return SpanStore(url)
 
 
 def install_sigterm_handler() -> bool:

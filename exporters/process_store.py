@@ -1,0 +1,250 @@
+"""``ProcessStore``: the span store run in a child process, off the application's GIL.
+
+In-process, the exporter's database work (converting rows for the driver, the
+driver's encoding, the event loop) runs on the application's interpreter and so
+competes with the application's own threads for the GIL; a service that makes
+thousands of spans a second spends most of that lock making them. Here the
+exporter thread still maps spans to rows, then hands the batch to a child
+process that owns the ``SpanStore`` (its own interpreter, its own core) and
+waits for the commit, so ``export()`` keeps its meaning: the batch is committed
+when it returns.
+
+The child is ``python -m wflo_otel.exporters.process_store`` (never a
+``multiprocessing`` spawn, which would import the application's ``__main__``
+again), talking over its stdin/stdout with length-prefixed pickles. It ignores
+SIGINT and SIGTERM: the parent decides when it stops, after flushing, by
+closing its stdin; a parent that dies closes it too. A child that dies or
+hangs is killed and started again on the next call; the call fails as a
+transient error, so the exporter's retry and spool rules apply unchanged.
+
+Select it with ``SQLSpanExporter(writer="process")`` or ``WFLO_EXPORT_WRITER=process``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import selectors
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import weakref
+from typing import Any, BinaryIO
+
+from .mapping import RowBatch
+from .store import SpanStore, is_retryable, is_transient, normalize_url, sqlstate_of
+
+_HEADER = struct.Struct(">I")
+_MODULE = "wflo_otel.exporters.process_store"
+
+
+class WriterGone(ConnectionError):
+    """The child process died, hung, or could not start (transient: the exporter retries, then spools)."""
+
+
+class RemoteStoreError(Exception):
+    """An error the store raised in the child, with what the exporter's rules need to know."""
+
+    def __init__(self, kind: str, message: str, sqlstate: str | None) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.sqlstate = sqlstate
+
+
+class RemoteTransientError(RemoteStoreError, ConnectionError):
+    """A transient error in the child (connection refused, database restarting): retried, then spooled."""
+
+
+class ProcessStore:
+    """The ``SpanStore`` interface (``write``, ``migrate``, ``ping``, ``dispose``), served by a child process.
+
+    Calls are serialised (one request on the pipe at a time). ``timeout_s`` bounds
+    one call: past it the child is killed and the call fails as transient.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 30.0, python: str | None = None) -> None:
+        self.url = normalize_url(url)
+        self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
+        self.timeout_s = timeout_s
+        self._python = python or sys.executable
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._closed = False
+        self.restarts = 0
+        _after_fork_in_child(self)
+        self._start()  # now: a process cannot be started while the interpreter exits
+
+    # ----------------------------------------------------------------- SpanStore interface
+
+    async def write(self, batch: RowBatch) -> None:
+        self._call("write", batch)
+
+    async def migrate(self) -> None:
+        self._call("migrate")
+
+    async def ping(self) -> None:
+        self._call("ping")
+
+    async def dispose(self) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Let the child finish what it is doing and exit (killed after ``timeout_s``)."""
+        with self._lock:
+            self._closed = True
+            proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()  # EOF: the child disposes its engine and exits
+            proc.wait(timeout_s)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        finally:
+            proc.stdout.close()
+
+    def _start(self) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [self._python, "-m", _MODULE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        try:
+            _send(proc.stdin, self.url)
+        except OSError as exc:
+            proc.kill()
+            raise WriterGone(f"the writer process did not start: {exc}") from exc
+        self._proc = proc
+        return proc
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the writer process and the lock belong to the parent."""
+        self._lock = threading.Lock()
+        self._proc = None
+
+    def _call(self, op: str, *args: Any) -> Any:
+        with self._lock:
+            if self._closed:
+                raise WriterGone("the writer process was closed")
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                self._kill()
+                proc = self._start()
+                self.restarts += 1
+            try:
+                _send(proc.stdin, (op, args))
+                status, value = _receive(proc.stdout, self.timeout_s)
+            except (OSError, EOFError, TimeoutError, pickle.UnpicklingError) as exc:
+                self._kill()
+                raise WriterGone(f"the writer process failed during {op}: {exc!r}") from exc
+        if status == "ok":
+            return value
+        kind, message, sqlstate, transient = value
+        error = RemoteTransientError if transient and sqlstate is None else RemoteStoreError
+        raise error(kind, message, sqlstate)
+
+
+def _after_fork_in_child(store: ProcessStore) -> None:
+    if not hasattr(os, "register_at_fork"):  # pragma: no cover - not on Windows
+        return
+    ref = weakref.ref(store)
+
+    def forget() -> None:
+        live = ref()
+        if live is not None:
+            live._forget_after_fork()
+
+    os.register_at_fork(after_in_child=forget)
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def _send(stream: BinaryIO, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _receive(stream: BinaryIO, timeout_s: float | None = None) -> Any:
+    if timeout_s is not None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(stream, selectors.EVENT_READ)
+            if not selector.select(timeout_s):
+                raise TimeoutError(f"no answer within {timeout_s:g}s")
+    header = _read_exactly(stream, _HEADER.size)
+    return pickle.loads(_read_exactly(stream, _HEADER.unpack(header)[0]))
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    data = stream.read(size)
+    if data is None or len(data) < size:
+        raise EOFError("the writer process closed its pipe")
+    return data
+
+
+# --------------------------------------------------------------------------- the child
+
+
+def _describe(exc: BaseException) -> tuple[str, str, str | None, bool]:
+    state = sqlstate_of(exc)
+    transient = is_transient(exc) or is_retryable(exc)
+    return type(exc).__name__, str(exc).strip()[:2000], state, transient
+
+
+def serve(requests: BinaryIO, replies: BinaryIO) -> None:
+    """The child's loop: one request, one reply, until the parent closes the pipe."""
+    url = _receive(requests)
+    store = SpanStore(url)
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                op, args = _receive(requests)
+            except EOFError:
+                break
+            try:
+                result = loop.run_until_complete(getattr(store, op)(*args))
+                _send(replies, ("ok", result))
+            except Exception as exc:
+                _send(replies, ("error", _describe(exc)))
+    finally:
+        loop.run_until_complete(store.dispose())
+        loop.close()
+
+
+def main() -> None:
+    # The parent stops us, after flushing through us: signals meant for its process group are not ours.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the replies
+    serve(sys.stdin.buffer, replies)
+
+
+if __name__ == "__main__":
+    main()
