@@ -74,6 +74,40 @@ def test_stream_records_usage_and_hides_the_usage_chunk_it_requested(telemetry, 
     assert span.attributes["wflo.cost.usd"] == pytest.approx(_reference_cost(span.attributes), rel=1e-9)
 
 
+def test_the_usage_chunk_it_requested_is_never_parsed_into_an_sdk_model(telemetry, client):
+    parsed = []
+    process = client._process_response_data
+
+    def counting(*args, **kwargs):
+        parsed.append(kwargs.get("data"))
+        return process(*args, **kwargs)
+
+    client._process_response_data = counting  # what the SDK's stream calls for every event it yields
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+
+    assert len(parsed) == len(chunks) and all(data["choices"] for data in parsed)
+    (span,) = telemetry.llm_spans()
+    assert span.attributes["gen_ai.usage.input_tokens"] > 0 and span.attributes["gen_ai.usage.output_tokens"] > 0
+    assert span.attributes["wflo.cost.usd"] == pytest.approx(_reference_cost(span.attributes), rel=1e-9)
+
+
+async def test_async_stream_usage_chunk_is_read_without_an_sdk_model(telemetry, async_client):
+    parsed = []
+    process = async_client._process_response_data
+
+    def counting(*args, **kwargs):
+        parsed.append(kwargs.get("data"))
+        return process(*args, **kwargs)
+
+    async_client._process_response_data = counting
+    stream = await async_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    chunks = [chunk async for chunk in stream]
+
+    assert len(parsed) == len(chunks) and all(chunk.choices for chunk in chunks)
+    (span,) = telemetry.llm_spans()
+    assert span.attributes["gen_ai.usage.output_tokens"] > 0
+
+
 def test_stream_with_include_usage_keeps_the_users_usage_chunk(telemetry, client):
     stream = client.chat.completions.create(
         model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}

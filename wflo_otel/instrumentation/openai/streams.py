@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 from typing import Any
 
@@ -151,12 +152,64 @@ class AsyncStreamProxy(_StreamProxy):
 
 def wrap_stream(stream: Any, call: LLMCall, state: Any, hide_usage_chunk: bool) -> _StreamProxy:
     """The proxy the user gets instead of an SDK stream (registered with an entering stream helper)."""
-    cls = AsyncStreamProxy if hasattr(stream, "__anext__") else SyncStreamProxy
+    is_async = hasattr(stream, "__anext__")
+    if hide_usage_chunk:
+        _skip_usage_event(stream, state, is_async)
+    cls = AsyncStreamProxy if is_async else SyncStreamProxy
     proxy = cls(stream, call, state, hide_usage_chunk)
     slot = STREAM_SLOT.get()
     if slot is not None:
         slot.append(proxy)
     return proxy
+
+
+def _skip_usage_event(stream: Any, state: Any, is_async: bool) -> None:
+    """Take the usage-only chunk we asked for out of the stream's server-sent events.
+
+    Left in, the SDK would build a pydantic chunk from it only for the proxy to hide it
+    again (on a 13-chunk stream, that parse is most of what asking for usage costs).
+    Here its JSON is read for the usage and the event is dropped. The SDK's streams
+    look up their private ``_iter_events`` when iteration starts (openai 1.x to 3.x),
+    and ours is set before that; a stream without it keeps the proxy's hiding.
+    """
+    iter_events = getattr(stream, "_iter_events", None)
+    if not callable(iter_events):
+        return
+
+    if is_async:
+
+        async def events():
+            async for sse in iter_events():
+                if not _usage_event_seen(sse, state):
+                    yield sse
+
+    else:
+
+        def events():
+            for sse in iter_events():
+                if not _usage_event_seen(sse, state):
+                    yield sse
+
+    try:
+        stream._iter_events = events
+    except Exception:  # a stream type that refuses attributes: the proxy hides the chunk
+        _log.debug("wflo-otel: could not filter stream events", exc_info=True)
+
+
+def _usage_event_seen(sse: Any, state: Any) -> bool:
+    """True (and the usage recorded) for the usage-only chunk: no choices, a usage object."""
+    try:
+        data = sse.data
+        if '"usage":{' not in data and '"usage": {' not in data:  # cheap: most chunks carry "usage":null
+            return False
+        chunk = json.loads(data)
+        if type(chunk) is not dict or chunk.get("choices") or not chunk.get("usage"):
+            return False
+        state.observe(chunk)
+        return True
+    except Exception:
+        _log.debug("wflo-otel: unreadable stream event", exc_info=True)
+        return False
 
 
 # ---------------------------------------------------------------------- stream helpers
