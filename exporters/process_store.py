@@ -72,6 +72,8 @@ class ProcessStore:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._closed = False
+        self._pending = False  # a begin_write() whose reply is still in the pipe
+        self._outcome: tuple | None = None  # its reply, once read
         self.restarts = 0
         _after_fork_in_child(self)
         self._start()  # now: a process cannot be started while the interpreter exits
@@ -90,6 +92,39 @@ class ProcessStore:
     async def dispose(self) -> None:
         self.close()
 
+    # ----------------------------------------------------------------- one write in flight
+
+    def begin_write(self, batch: RowBatch) -> None:
+        """Hand ``batch`` to the child and return; ``finish_write()`` waits for its commit.
+
+        Meanwhile this process can map the next batch while the child writes this one:
+        the two share no GIL. One write is in flight at a time.
+        """
+        with self._lock:
+            self._settle_pending_locked()
+            if self._outcome is not None:
+                raise RuntimeError("finish_write() the previous batch first")
+            proc = self._ready_locked()
+            try:
+                _send(proc.stdin, ("write", (batch,)))
+            except OSError as exc:
+                self._kill()
+                raise WriterGone(f"the writer process failed taking a batch: {exc!r}") from exc
+            self._pending = True
+
+    def finish_write(self) -> bool:
+        """Wait for the write handed over by ``begin_write``; False if there was none.
+
+        Raises what the write raised (``WriterGone`` if the child died or hung meanwhile).
+        """
+        with self._lock:
+            self._settle_pending_locked()
+            outcome, self._outcome = self._outcome, None
+        if outcome is None:
+            return False
+        _unwrap(outcome)
+        return True
+
     # ----------------------------------------------------------------- lifecycle
 
     @property
@@ -99,6 +134,7 @@ class ProcessStore:
     def close(self, timeout_s: float = 10.0) -> None:
         """Let the child finish what it is doing and exit (killed after ``timeout_s``)."""
         with self._lock:
+            self._settle_pending_locked()
             self._closed = True
             proc, self._proc = self._proc, None
         if proc is None:
@@ -140,30 +176,58 @@ class ProcessStore:
                 pass
 
     def _forget_after_fork(self) -> None:
-        """In a forked child: the writer process and the lock belong to the parent."""
+        """In a forked child: the writer process, its reply and the lock belong to the parent."""
         self._lock = threading.Lock()
         self._proc = None
+        self._pending = False
+        self._outcome = None
 
     def _call(self, op: str, *args: Any) -> Any:
         with self._lock:
-            if self._closed:
-                raise WriterGone("the writer process was closed")
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                self._kill()
-                proc = self._start()
-                self.restarts += 1
+            self._settle_pending_locked()  # a write in flight is answered first, and kept for its owner
+            proc = self._ready_locked()
             try:
                 _send(proc.stdin, (op, args))
-                status, value = _receive(proc.stdout, self.timeout_s)
+                outcome = _receive(proc.stdout, self.timeout_s)
             except (OSError, EOFError, TimeoutError, pickle.UnpicklingError) as exc:
                 self._kill()
                 raise WriterGone(f"the writer process failed during {op}: {exc!r}") from exc
-        if status == "ok":
-            return value
-        kind, message, sqlstate, transient = value
-        error = RemoteTransientError if transient and sqlstate is None else RemoteStoreError
-        raise error(kind, message, sqlstate)
+        return _unwrap(outcome)
+
+    def _ready_locked(self) -> subprocess.Popen:
+        if self._closed:
+            raise WriterGone("the writer process was closed")
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            self._kill()
+            proc = self._start()
+            self.restarts += 1
+        return proc
+
+    def _settle_pending_locked(self) -> None:
+        if not self._pending:
+            return
+        self._pending = False
+        proc = self._proc
+        try:
+            if proc is None:
+                raise EOFError("the writer process is gone")
+            self._outcome = _receive(proc.stdout, self.timeout_s)
+        except (OSError, EOFError, TimeoutError, pickle.UnpicklingError) as exc:
+            self._kill()
+            self._outcome = ("gone", f"the writer process failed during write: {exc!r}")
+
+
+def _unwrap(outcome: tuple) -> Any:
+    """The reply's value, or the error it reports raised here."""
+    status, value = outcome
+    if status == "ok":
+        return value
+    if status == "gone":
+        raise WriterGone(value)
+    kind, message, sqlstate, transient = value
+    error = RemoteTransientError if transient and sqlstate is None else RemoteStoreError
+    raise error(kind, message, sqlstate)
 
 
 def _after_fork_in_child(store: ProcessStore) -> None:

@@ -104,6 +104,8 @@ class SQLSpanExporter(SpanExporter):
             max_bytes = int(spool_max_mb * 1024 * 1024) if spool_max_mb is not None else None
             self._spool = Spool.for_database(self._store.url, root, max_bytes, label=self._safe_url)
 
+        # writer="process": one batch can be in the child's hands while the next is mapped.
+        self._handoff: _Handoff | None = _Handoff() if hasattr(self._store, "begin_write") else None
         self._state = threading.Condition()
         self._down = False
         self._down_since = 0.0
@@ -159,6 +161,8 @@ class SQLSpanExporter(SpanExporter):
         with self._state:
             self._inflight += 1
         try:
+            if self._handoff is not None:
+                return self._hand_over(batch, len(spans))
             return self._deliver(batch, len(spans))
         finally:
             with self._state:
@@ -172,10 +176,13 @@ class SQLSpanExporter(SpanExporter):
             self._migrated = True
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """``export`` commits before it returns; this replays the spool if the database is up.
+        """Wait for the batch in the writer process's hands; replay the spool if the database is up.
 
-        True when nothing is left in the spool.
+        True when everything exported so far is committed (or spooled) and nothing is
+        left in the spool. (The processor ``configure()`` builds calls this from its own
+        ``force_flush``; the SDK's plain ``BatchSpanProcessor`` does not.)
         """
+        self._settle_handed()
         if not self._spool_dirty or self._spool is None:
             return True
         deadline = time.monotonic() + timeout_millis / 1000
@@ -189,6 +196,7 @@ class SQLSpanExporter(SpanExporter):
         with self._state:  # exports already running finish first
             while self._inflight and time.monotonic() < deadline:
                 self._state.wait(deadline - time.monotonic())
+        self._settle_handed()
         if self._spool_dirty and self._spool is not None and not self._down:
             self._wait_for_replay(min(deadline, time.monotonic() + 10))
         self._stop_replay.set()
@@ -236,6 +244,47 @@ class SQLSpanExporter(SpanExporter):
             return self._keep_failed(batch, spans, error)
         self._mark_down(error)
         return self._spill(batch, spans)
+
+    def _hand_over(self, batch: RowBatch, spans: int) -> SpanExportResult:
+        """writer="process": settle the batch handed over before, hand this one over, return.
+
+        The child commits this batch while the next one is mapped here. Its outcome is
+        settled by the next export, ``force_flush`` or ``shutdown``: a failed write then
+        takes the usual path (retries, spool). When the database is away, or the hand-over
+        fails, the batch is delivered the usual way at once.
+        """
+        with self._handoff.lock:
+            self._settle_handed_locked()
+            if self._circuit_open() or self._spool_dirty:
+                return self._deliver(batch, spans)
+            try:
+                self._ensure_schema()
+                self._store.begin_write(batch)
+            except Exception:
+                _log.debug("wflo-otel: hand-over to the writer process failed", exc_info=True)
+                return self._deliver(batch, spans)
+            self._handoff.batch, self._handoff.spans = batch, spans
+            return SpanExportResult.SUCCESS
+
+    def _settle_handed(self) -> None:
+        if self._handoff is not None:
+            with self._handoff.lock:
+                self._settle_handed_locked()
+
+    def _settle_handed_locked(self) -> None:
+        batch, spans = self._handoff.batch, self._handoff.spans
+        if batch is None:
+            return
+        self._handoff.batch = None
+        try:
+            self._store.finish_write()
+        except Exception as exc:
+            _log.info("wflo-otel: handed-over batch failed (%s); delivering it again", _brief(exc))
+            self._deliver(batch, spans)  # idempotent: retries, then spool or failed/
+            return
+        self._mark_up()
+        with self._state:
+            self.exported_spans += spans
 
     def _write_with_retries(self, batch: RowBatch) -> BaseException | None:
         for attempt in range(self._retries + 1):
@@ -430,6 +479,15 @@ class SQLSpanExporter(SpanExporter):
                 self._state.wait(min(remaining, 0.05))
                 self._wake.set()
             return not self._spool_dirty
+
+
+class _Handoff:
+    """The batch the writer process holds (writer="process"), until its commit is confirmed."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.batch: RowBatch | None = None
+        self.spans = 0
 
 
 WRITER_ENV = "WFLO_EXPORT_WRITER"

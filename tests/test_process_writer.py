@@ -37,6 +37,34 @@ def test_the_child_writer_lands_every_span_once_with_exact_totals(database_url, 
     _wait_gone(child)  # shutdown closed its pipe: the child exited
 
 
+def test_export_hands_a_batch_over_and_force_flush_waits_for_its_commit(database_url, tmp_path):
+    spans, expected = make_workflows(20, llm_calls=2, steps=1, seed=25)
+    exporter = process_exporter(database_url, tmp_path / "spool")
+    try:
+        assert exporter.export(spans).name == "SUCCESS"  # the child now writes while we go on
+        assert exporter.force_flush()
+        assert exporter.stats()["exported_spans"] == len(spans)
+        assert_database_holds(database_url, expected)  # committed before force_flush returned
+    finally:
+        exporter.shutdown()
+
+
+def test_configure_force_flush_means_the_spans_are_in_the_database(database_url, monkeypatch):
+    import wflo_otel
+    from opentelemetry.sdk.trace import TracerProvider
+
+    monkeypatch.setenv("WFLO_EXPORT_WRITER", "process")
+    handle = wflo_otel.configure(database_url, tracer_provider=TracerProvider())  # the batch processor
+    try:
+        with wflo_otel.workflow("flushed", budget_usd=1.0):
+            with wflo_otel.step("one"):
+                pass
+        assert handle.tracer_provider.force_flush()
+        assert query(database_url, "SELECT COUNT(*) FROM step_executions") == [(2,)]
+    finally:
+        handle.shutdown()
+
+
 def test_a_killed_child_is_replaced_and_its_batch_is_written(database_url, tmp_path):
     spans, expected = make_workflows(30, llm_calls=2, steps=1, seed=22)
     first, second = spans[: len(spans) // 2], spans[len(spans) // 2 :]

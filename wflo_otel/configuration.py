@@ -186,11 +186,30 @@ def configure(
 SQL_BSP_DEFAULTS = {"OTEL_BSP_MAX_QUEUE_SIZE": 32768, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": 2048}
 
 
+class SQLBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's ``BatchSpanProcessor`` whose ``force_flush`` also flushes the exporter.
+
+    The SDK's hands the queued spans to ``export()`` and returns; with the child-process
+    writer the last batch may still be being committed then, and ``force_flush`` is the
+    moment an application expects its spans to be in the database.
+    """
+
+    def __init__(self, exporter: SpanExporter, **kwargs) -> None:
+        super().__init__(exporter, **kwargs)
+        self._exporter = exporter
+
+    def force_flush(self, timeout_millis: int | None = None) -> bool:
+        flushed = super().force_flush(timeout_millis)
+        if timeout_millis is None:
+            return self._exporter.force_flush() and flushed
+        return self._exporter.force_flush(timeout_millis) and flushed
+
+
 def sql_batch_processor(exporter: SpanExporter) -> BatchSpanProcessor:
     """A BatchSpanProcessor sized for a database exporter (see SQL_BSP_DEFAULTS)."""
     keywords = {"OTEL_BSP_MAX_QUEUE_SIZE": "max_queue_size", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "max_export_batch_size"}
     kwargs = {keywords[name]: value for name, value in SQL_BSP_DEFAULTS.items() if not os.environ.get(name)}
-    return BatchSpanProcessor(exporter, **kwargs)
+    return SQLBatchSpanProcessor(exporter, **kwargs)
 
 
 def _adopt_zero_code_setup() -> Handle | None:
