@@ -5,9 +5,10 @@ driver's encoding, the event loop) runs on the application's interpreter and so
 competes with the application's own threads for the GIL; a service that makes
 thousands of spans a second spends most of that lock making them. Here the
 exporter thread still maps spans to rows, then hands the batch to a child
-process that owns the ``SpanStore`` (its own interpreter, its own core) and
-waits for the commit, so ``export()`` keeps its meaning: the batch is committed
-when it returns.
+process that owns the ``SpanStore`` (its own interpreter, its own core):
+``begin_write`` hands a batch over, ``finish_write`` waits for its commit, and
+the exporter maps the next batch in between. The plain ``write`` (used for
+migrations, probes and spool replay) waits for its own answer.
 
 The child is ``python -m wflo_otel.exporters.process_store`` (never a
 ``multiprocessing`` spawn, which would import the application's ``__main__``

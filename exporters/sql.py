@@ -65,7 +65,10 @@ class SQLSpanExporter(SpanExporter):
     ``writer``: ``"thread"`` (default, or ``$WFLO_EXPORT_WRITER``) writes from this process;
     ``"process"`` hands each mapped batch to a child process that writes it
     (``process_store``), so the database work does not compete with the application
-    for the GIL. Either way ``export()`` returns once the batch is committed.
+    for the GIL, and returns while the child commits it: the next ``export()``,
+    ``force_flush()`` or ``shutdown()`` settles that batch (a failed write then takes the
+    usual retry and spool path). With the thread writer ``export()`` returns once the
+    batch is committed.
     """
 
     def __init__(
