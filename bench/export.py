@@ -16,7 +16,9 @@ Throughput (per engine, fresh database, schema migrated beforehand):
 
 * ``export() alone``: the captured spans fed to ``export()`` in batches of 2,048 with
   nothing else running — mapping the spans to rows, converting them, and the
-  transaction (definitions, executions, steps, totals). Compared with the floor.
+  transaction (definitions, executions, steps, totals). Compared with the floor. Also
+  printed: the CPU this process spent per span (with the process writer, the child's
+  CPU is not the application's).
 * ``in pipeline``: spans / time spent inside ``export()`` while the application
   thread is creating spans (they share the GIL).
 * ``end to end``: spans / wall time from the first span started to ``force_flush()``
@@ -256,16 +258,21 @@ def python_side_us(spans) -> tuple[float, float]:
     return best_record, best_mapping
 
 
-def measure_isolated(url: str, spans, spool: Path, writer: str = "thread") -> float:
-    """export() alone: the captured spans fed in batches, no application thread competing for the GIL."""
+def measure_isolated(url: str, spans, spool: Path, writer: str = "thread") -> tuple[float, float]:
+    """export() alone: the captured spans fed in batches, no application thread competing for the GIL.
+
+    Returns spans/s (until the last batch is committed) and the CPU this process spent per
+    span (all its threads; with the process writer, not the child's).
+    """
     exporter = SQLSpanExporter(url, spool_dir=spool, handle_sigterm=False, writer=writer)
     exporter.migrate()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(spans), BATCH):
         exporter.export(spans[i : i + BATCH])
-    elapsed = time.perf_counter() - started
+    exporter.force_flush()  # the process writer may still hold the last batch
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     exporter.shutdown()
-    return len(spans) / elapsed
+    return len(spans) / elapsed, cpu / len(spans) * 1e6
 
 
 def floor_rows(spans) -> tuple[list[RowBatch], list[list[tuple]]]:
@@ -433,7 +440,8 @@ def main(argv=None) -> int:
             for _ in range(args.repeat):
                 with database(engine, args) as url:
                     migrate(url)
-                    isolated = measure_isolated(url, run["captured"], spool, writer)
+                    isolated, cpu_us = measure_isolated(url, run["captured"], spool, writer)
+                    run.setdefault("cpu_us", []).append(cpu_us)
                 with database(engine, args) as url:
                     migrate(url)
                     floor = measure_floor(engine, url, run["captured"])
@@ -460,7 +468,10 @@ def main(argv=None) -> int:
             f" {run['end_to_end_rate']:10,.0f} {floor:12,.0f} {run['ratio']:11.0%}"
             f" {run['exporter_rate'] / floor:14.0%}"
         )
-        print(f"{'':<24} alone/floor per pair: {', '.join(f'{r:.0%}' for r in run['ratios'])}")
+        print(
+            f"{'':<24} alone/floor per pair: {', '.join(f'{r:.0%}' for r in run['ratios'])};"
+            f" this process's CPU per span: {statistics.median(run['cpu_us']):.0f} µs"
+        )
     print("spans/s (export() alone and floor: medians of --repeat alternating runs; alone/floor: median of the pairs' ratios).")
     print("export() alone: captured spans fed to export() in batches, nothing else running;")
     print("in pipeline: spans / time inside export() while the application thread creates spans (shared GIL);")
