@@ -209,7 +209,7 @@ def measure_exporter(engine: str, url: str, n_executions: int, spool: Path, writ
     provider = TracerProvider()
     capture = InMemorySpanExporter()
     provider.add_span_processor(
-        BatchSpanProcessor(exporter, max_queue_size=n_executions * SPANS_PER_EXECUTION + 1, max_export_batch_size=BATCH)
+        BatchSpanProcessor(exporter, max_queue_size=max(BATCH, n_executions * SPANS_PER_EXECUTION + 1), max_export_batch_size=BATCH)
     )
     provider.add_span_processor(SimpleSpanProcessor(capture))  # the same spans, for the floor
     tracer = provider.get_tracer("bench")
