@@ -38,8 +38,8 @@ Sustained: a producer thread ends spans at ``--rate`` spans/s for ``--sustained`
 seconds through the ``BatchSpanProcessor`` that ``configure()`` builds for the SQL
 exporter (queue 32,768, batches of 2,048; ``--sdk-defaults``: the SDK's queue
 2048, batches of 512); then counts the rows that landed: dropped = produced - landed -
-spooled (the SDK logs its "Queue full" warning at most once per 20 s, so its count is
-printed only as a hint). Target: none dropped.
+spooled (the SDK logs its "Queue full" warning at most once per 20 s, so counting the
+warnings would undercount). Target: none dropped.
 
 Span creation shares the GIL with the exporter: the script first prints what creating
 the spans alone costs on this machine, the share of one core that ``--rate`` takes.
@@ -145,16 +145,6 @@ class TimedExporter(SQLSpanExporter):
         finally:
             self.export_s += time.perf_counter() - started
             self.spans_seen += len(spans)
-
-
-class DropCounter(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.dropped = 0
-
-    def emit(self, record):
-        if "Queue full" in record.getMessage() or "dropping" in record.getMessage().lower():
-            self.dropped += 1
 
 
 # --------------------------------------------------------------------------- databases
@@ -354,11 +344,6 @@ def measure_sustained(
 ) -> dict:
     exporter = SQLSpanExporter(url, spool_dir=spool, handle_sigterm=False, writer=writer)
     exporter.migrate()
-    drops = DropCounter()
-    for name in ("opentelemetry.sdk._shared_internal", "opentelemetry.sdk.trace.export"):
-        logging.getLogger(name).addHandler(drops)
-        logging.getLogger(name).setLevel(logging.WARNING)
-        logging.getLogger(name).propagate = False
     provider = TracerProvider()
     # As configure() sets it up: the SDK's BatchSpanProcessor with a deeper queue and larger
     # batches than the SDK defaults (--sdk-defaults measures those instead).
@@ -383,20 +368,15 @@ def measure_sustained(
     achieved = produced * SPANS_PER_EXECUTION / (time.perf_counter() - started)
     provider.force_flush(120_000)
     provider.shutdown()
-    for name in ("opentelemetry.sdk._shared_internal", "opentelemetry.sdk.trace.export"):
-        logging.getLogger(name).removeHandler(drops)
     rows = asyncio.run(_count(url))
     stats = exporter.stats()
     return {
         "produced": produced * SPANS_PER_EXECUTION,
         "rate": achieved,
         "rows": rows,
-        # What neither landed nor was spooled. (The SDK's "Queue full" warning is logged at
-        # most once per 20 s since SDK 1.3x, so counting warnings undercounts.)
-        "dropped": produced * SPANS_PER_EXECUTION - rows - stats["spooled_spans"],
-        "drop_warnings": drops.dropped,
-        "spooled": exporter.stats()["spooled_spans"],
-        "lost": exporter.stats()["lost_spans"] + exporter.stats()["failed_spans"],
+        "dropped": produced * SPANS_PER_EXECUTION - rows - stats["spooled_spans"],  # neither landed nor spooled
+        "spooled": stats["spooled_spans"],
+        "lost": stats["lost_spans"] + stats["failed_spans"],
         "max_lag_s": behind,
     }
 
@@ -405,11 +385,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spans", type=int, default=70_000, help="spans per throughput run (7 per execution); 0: sustained only")
     parser.add_argument("--engines", default="sqlite,postgresql")
-    parser.add_argument(
-        "--freeze-fixture",
-        action="store_true",
-        help="gc.freeze() the captured spans before export()-alone and floor runs (neither side then scans them)",
-    )
     parser.add_argument("--repeat", type=int, default=3, help="alternating export()-alone / floor pairs")
     parser.add_argument("--sustained", type=float, default=10.0, metavar="SECONDS", help="0 to skip")
     parser.add_argument("--rate", type=int, default=5000, help="spans/s for --sustained")
@@ -434,9 +409,6 @@ def main(argv=None) -> int:
             # export() alone and the floor alternate, each on a fresh database, so both see
             # the same machine; the ratio is the median of the per-pair ratios.
             pairs = []
-            if args.freeze_fixture:
-                gc.collect()
-                gc.freeze()
             for _ in range(args.repeat):
                 with database(engine, args) as url:
                     migrate(url)
@@ -446,7 +418,6 @@ def main(argv=None) -> int:
                     migrate(url)
                     floor = measure_floor(engine, url, run["captured"])
                 pairs.append((isolated, floor))
-            gc.unfreeze()
             assert run["rows"] == run["spans"], f"{engine}: {run['rows']} rows for {run['spans']} spans"
             run["isolated_rate"] = statistics.median(p[0] for p in pairs)
             run["ratio"] = statistics.median(p[0] / p[1] for p in pairs)

@@ -105,12 +105,7 @@ class ProcessStore:
             self._settle_pending_locked()
             if self._outcome is not None:
                 raise RuntimeError("finish_write() the previous batch first")
-            proc = self._ready_locked()
-            try:
-                _send(proc.stdin, ("write", (batch,)))
-            except OSError as exc:
-                self._kill()
-                raise WriterGone(f"the writer process failed taking a batch: {exc!r}") from exc
+            self._send_locked("write", (batch,))
             self._pending = True
 
     def finish_write(self) -> bool:
@@ -186,14 +181,23 @@ class ProcessStore:
     def _call(self, op: str, *args: Any) -> Any:
         with self._lock:
             self._settle_pending_locked()  # a write in flight is answered first, and kept for its owner
-            proc = self._ready_locked()
+            proc = self._send_locked(op, args)
             try:
-                _send(proc.stdin, (op, args))
                 outcome = _receive(proc.stdout, self.timeout_s)
             except (OSError, EOFError, TimeoutError, pickle.UnpicklingError) as exc:
                 self._kill()
                 raise WriterGone(f"the writer process failed during {op}: {exc!r}") from exc
         return _unwrap(outcome)
+
+    def _send_locked(self, op: str, args: tuple) -> subprocess.Popen:
+        """Send one request to a live child (started again if it died); the child it went to."""
+        proc = self._ready_locked()
+        try:
+            _send(proc.stdin, (op, args))
+        except OSError as exc:
+            self._kill()
+            raise WriterGone(f"the writer process failed taking {op}: {exc!r}") from exc
+        return proc
 
     def _ready_locked(self) -> subprocess.Popen:
         if self._closed:

@@ -236,17 +236,21 @@ class SQLSpanExporter(SpanExporter):
             return self._spill(batch, spans)
         error = self._write_with_retries(batch)
         if error is None:
-            self._mark_up()
-            with self._state:
-                self.exported_spans += spans
-            if self._spool_dirty:
-                self._ensure_replayer()
-                self._wake.set()
+            self._committed(spans)
             return SpanExportResult.SUCCESS
         if not is_transient(error):
             return self._keep_failed(batch, spans, error)
         self._mark_down(error)
         return self._spill(batch, spans)
+
+    def _committed(self, spans: int) -> None:
+        """A batch is in the database: the database is up, and the spool can drain."""
+        self._mark_up()
+        with self._state:
+            self.exported_spans += spans
+        if self._spool_dirty:
+            self._ensure_replayer()
+            self._wake.set()
 
     def _hand_over(self, batch: RowBatch, spans: int) -> SpanExportResult:
         """writer="process": settle the batch handed over before, hand this one over, return.
@@ -285,9 +289,7 @@ class SQLSpanExporter(SpanExporter):
             _log.info("wflo-otel: handed-over batch failed (%s); delivering it again", _brief(exc))
             self._deliver(batch, spans)  # idempotent: retries, then spool or failed/
             return
-        self._mark_up()
-        with self._state:
-            self.exported_spans += spans
+        self._committed(spans)
 
     def _write_with_retries(self, batch: RowBatch) -> BaseException | None:
         for attempt in range(self._retries + 1):
