@@ -7,8 +7,11 @@ this module imports only ``openai``, ``wrapt`` and the OpenTelemetry SDK.
 
 from __future__ import annotations
 
+import functools
 import gc
+import glob
 import json
+import os
 import statistics
 import time
 from contextlib import nullcontext
@@ -244,24 +247,101 @@ def stream_once(client: openai.OpenAI) -> None:
 
 MODES: dict[str, Callable[[openai.OpenAI], None]] = {"call": call_once, "stream": stream_once}
 
-CLOCKS = {"process": time.process_time, "wall": time.perf_counter}
+class TimerClock:
+    """Microseconds per call by a timer: process CPU time (all threads) or wall time."""
+
+    unit = "µs"
+
+    def __init__(self, name: str, timer: Callable[[], float]) -> None:
+        self.name, self._timer = name, timer
+
+    def per_call(self, body: Callable[[], None], calls: int) -> float:
+        start = self._timer()
+        body()
+        return (self._timer() - start) / calls * 1e6
+
+
+# Set (to callgrind's output file) in a process that ``callgrind_command`` started.
+CALLGRIND_OUT_ENV = "WFLO_BENCH_CALLGRIND_OUT"
+
+
+class InstructionClock:
+    """Instructions per call, counted by valgrind's callgrind: the same count on every run.
+
+    Why: on a shared VM the timers' per-pair spread was wider than the overhead
+    being measured; an instruction count does not depend on what else the machine
+    does. The process must run under ``callgrind_command``: collection is off
+    except inside ``functools.reduce`` (``--toggle-collect``), and callgrind writes
+    the counts when reduce returns (``--dump-after``), so each measured body runs
+    as the one step of a two-item reduce, and its count is read from the newest dump.
+    Instructions are not time (a cache miss costs more than an add), but the ratios
+    the targets are stated in come out the same on any machine.
+    """
+
+    name = "instructions"
+    unit = "instr"
+
+    def __init__(self) -> None:
+        self._out = os.environ.get(CALLGRIND_OUT_ENV)
+        self._dumps = 0
+
+    def per_call(self, body: Callable[[], None], calls: int) -> float:
+        if not self._out:
+            raise RuntimeError("--clock instructions: not running under callgrind (use callgrind_command)")
+        functools.reduce(lambda _a, _b: body(), (0, 0))
+        dumps = sorted(glob.glob(f"{self._out}.*"), key=lambda path: int(path.rsplit(".", 1)[1]))
+        fresh = [path for path in dumps if int(path.rsplit(".", 1)[1]) > self._dumps]
+        if len(fresh) != 1:  # a reduce inside the body toggled collection off and on again
+            raise RuntimeError(f"expected one callgrind dump for the measured block, found {len(fresh)}")
+        self._dumps = int(fresh[0].rsplit(".", 1)[1])
+        with open(fresh[0]) as dump:
+            total = next(int(line.split()[1]) for line in dump if line.startswith("totals:"))
+        os.unlink(fresh[0])
+        return total / calls
+
+
+def callgrind_command(argv: list[str], out_dir: str) -> tuple[list[str], dict[str, str]]:
+    """``argv`` run under callgrind, counting only what ``InstructionClock`` measures.
+
+    PYTHONHASHSEED is fixed so dict and set layouts, hence the counts, repeat.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, f"callgrind.{os.getpid()}.{time.monotonic_ns()}")
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--collect-atstart=no",
+        "--toggle-collect=functools_reduce",
+        "--dump-after=functools_reduce",
+        f"--callgrind-out-file={out}",
+        *argv,
+    ]
+    return command, {**os.environ, CALLGRIND_OUT_ENV: out, "PYTHONHASHSEED": "0"}
+
+
+CLOCKS: dict[str, Callable[[], Any]] = {
+    "process": lambda: TimerClock("process CPU time", time.process_time),
+    "wall": lambda: TimerClock("wall time", time.perf_counter),
+    "instructions": InstructionClock,
+}
 
 
 def timed_round(
     client: openai.OpenAI,
     fn: Callable[[openai.OpenAI], None],
     calls: int,
-    clock: Callable[[], float] = time.process_time,
+    clock: Any,
     context: Callable[[], ContextManager[Any]] = nullcontext,
 ) -> float:
-    """µs per call for ``calls`` calls inside one ``context()`` (e.g. a budgeted workflow)."""
-    gc.collect()
-    with context():
-        start = clock()
+    """Cost per call (``clock.unit``) of ``calls`` calls inside one ``context()`` (e.g. a budgeted workflow)."""
+
+    def body() -> None:
         for _ in range(calls):
             fn(client)
-        elapsed = clock() - start
-    return elapsed / calls * 1e6
+
+    gc.collect()
+    with context():
+        return clock.per_call(body, calls)
 
 
 @dataclass

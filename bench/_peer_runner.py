@@ -76,7 +76,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--clock", choices=("process", "wall"), default="process")
+    parser.add_argument("--clock", choices=("process", "wall", "instructions"), default="process")
     parser.add_argument("--content", choices=("default", "off"), default="default")
     parser.add_argument(
         "--alias-httpx",
@@ -130,7 +130,7 @@ def main() -> int:
 
     peer = Peer()
     parent = tp.get_tracer("bench.parent")
-    clock = h.CLOCKS[args.clock]
+    clock = h.CLOCKS[args.clock]()
 
     def round_fn(client, fn, calls):
         return h.timed_round(client, fn, calls, clock, lambda: parent.start_as_current_span("bench-overhead"))

@@ -40,10 +40,11 @@ from typing import Any
 
 import openai
 
-from _harness import MODES, Result
+from _harness import MODES, Result, callgrind_command
 
 CACHE_DIR = Path(os.environ.get("WFLO_BENCH_PEERS_DIR", "/tmp/wflo-bench-peers"))
 RUNNER = Path(__file__).resolve().with_name("_peer_runner.py")
+CALLGRIND_DIR = "/tmp/wflo-bench-callgrind"  # dumps, each read and deleted by the measured process
 STAMP = ".wflo-bench-stamp.json"
 
 
@@ -157,6 +158,11 @@ def run_runner(python: Path, spec: PeerSpec, method: str, extra: list[str], time
     if spec.alias_httpx:
         cmd.append("--alias-httpx")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    if method != "check" and extra[extra.index("--clock") + 1] == "instructions":
+        cmd, env = callgrind_command(cmd, CALLGRIND_DIR)
+        env.pop("PYTHONPATH", None)
+        env.pop("VIRTUAL_ENV", None)
+        timeout *= 8  # callgrind runs the interpreter some 50x slower
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -270,20 +276,25 @@ MODE_LABEL = {"call": "non-stream", "stream": "stream"}
 
 
 def report(
-    wflo_results: dict[tuple[str, str], Result], outcomes: list[PeerOutcome], rounds: int, calls: int, procs: int
+    wflo_results: dict[tuple[str, str], Result],
+    outcomes: list[PeerOutcome],
+    rounds: int,
+    calls: int,
+    procs: int,
+    unit: str = "µs",
 ) -> None:
     wflo_version = _version("wflo-otel")
     print("\n" + "=" * 30 + " wflo and its peers " + "=" * 30)
     print(
-        "overhead = µs per call over the uninstrumented client (median of A/B pair differences, IQR in brackets);\n"
+        f"overhead = {unit} per call over the uninstrumented client (median of A/B pair differences, IQR in brackets);\n"
         "floor = one CLIENT span per call, measured in the SAME process/venv as the row; x floor = overhead / floor;\n"
-        "wflo÷ = wflo's overhead / the row's (µs, and normalised: wflo's x floor / the row's x floor).\n"
+        f"wflo÷ = wflo's overhead / the row's ({unit}, and normalised: wflo's x floor / the row's x floor).\n"
         f"1 process = {rounds} A/B pairs x {calls} calls in one process; A|B procs = {procs} pairs of separate "
         f"processes (uninstrumented A, instrumented B), {max(3, rounds // 4)} rounds each."
     )
     header = (
         f"{'mode':<11}{'instrumentation':<22}{'version':<9}{'openai':<8}{'method':<11}"
-        f"{'base µs':>8}{'floor µs':>9}{'overhead µs':>12}{'IQR':>17}{'x floor':>9}{'wflo÷ µs':>9}{'wflo÷ norm':>11}"
+        f"{'base ' + unit:>11}{'floor ' + unit:>12}{'overhead ' + unit:>15}{'IQR':>17}{'x floor':>9}{'wflo÷ ' + unit:>11}{'wflo÷ norm':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -302,8 +313,8 @@ def report(
             vs_norm = w_ratio / ratio if ratio > 0 else float("nan")
             print(
                 f"{MODE_LABEL[mode]:<11}{label:<22}{version:<9}{oa:<8}{method:<11}"
-                f"{r.base_us:>8.0f}{floor.overhead_us:>9.1f}{r.overhead_us:>12.1f}   [{lo:>5.0f}, {hi:>5.0f}]"
-                f"{ratio:>8.2f}x{vs:>9.2f}{vs_norm:>11.2f}"
+                f"{r.base_us:>11.0f}{floor.overhead_us:>12.1f}{r.overhead_us:>15.1f}   [{lo:>5.0f}, {hi:>5.0f}]"
+                f"{ratio:>8.2f}x{vs:>11.2f}{vs_norm:>11.2f}"
             )
             if label != "wflo" and (mode not in best or r.overhead_us < best[mode][0]):
                 best[mode] = (r.overhead_us, ratio, label)
@@ -319,7 +330,7 @@ def report(
             wflo, wfloor = wflo_results[("wflo", mode)], wflo_results[("floor", mode)]
             us, ratio, label = best[mode]
             print(
-                f"{MODE_LABEL[mode]}: wflo / best peer ({label}) = {wflo.overhead_us / us:.2f}x in µs "
+                f"{MODE_LABEL[mode]}: wflo / best peer ({label}) = {wflo.overhead_us / us:.2f}x in {unit} "
                 f"({wflo.overhead_us:.0f} vs {us:.0f}), {wflo.overhead_us / wfloor.overhead_us / ratio:.2f}x floor-normalised"
             )
 
@@ -331,12 +342,12 @@ def report(
         wflo_stream = wflo_results[("wflo", "stream")].overhead_us
         us, _ratio, label = best["stream"]
         print(
-            f"stream, less the usage chunk's cost ({usage_us:.0f} µs = floor+usage - floor, in wflo's process): "
-            f"wflo {wflo_stream - usage_us:.0f} µs, / best peer ({label}) = {(wflo_stream - usage_us) / us:.2f}x"
+            f"stream, less the usage chunk's cost ({usage_us:.0f} {unit} = floor+usage - floor, in wflo's process): "
+            f"wflo {wflo_stream - usage_us:.0f} {unit}, / best peer ({label}) = {(wflo_stream - usage_us) / us:.2f}x"
         )
 
     print("\nwhat each one does per call (from a checked call and stream in its venv; wflo: its defaults):")
-    usage_text = f" (~{usage_us:.0f} µs measured above)" if usage_us is not None else ""
+    usage_text = f" (~{usage_us:.0f} {unit} measured above)" if usage_us is not None else ""
     print(
         f"  {'wflo':<22} 1 CLIENT span; SDK metrics: yes (wflo's instruments); content: off; "
         "stream: ADDS stream_options.include_usage and hides the usage chunk, so its stream overhead includes "
@@ -367,7 +378,7 @@ def report(
     print(
         "  pipelines: wflo and its floor run inside wflo_otel.workflow() (BudgetSpanProcessor + BatchSpanProcessor);\n"
         "  a peer and its floor run under a plain parent span (BatchSpanProcessor only); both drop exported spans and\n"
-        "  keep metrics in an InMemoryMetricReader. Compare across venvs on 'x floor'; µs are the same machine."
+        f"  keep metrics in an InMemoryMetricReader. Compare across venvs on 'x floor'; {unit} are the same machine."
     )
 
 

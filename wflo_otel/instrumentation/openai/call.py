@@ -72,16 +72,27 @@ class Telemetry:
         return self._processor if self._processor is not None else active_processor()
 
 
+# id(base URL) -> (that URL, its attributes): reading host and port off an httpx URL
+# on every call cost more than the rest of the request attributes together.
+_server_cache: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
 def server_attributes(instance: Any) -> dict[str, Any]:
     """server.address / server.port of the client behind a resource object."""
     try:
         url = instance._client.base_url
+        cached = _server_cache.get(id(url))
+        if cached is not None and cached[0] is url:  # the same object: ids are reused after collection
+            return cached[1]
         attrs: dict[str, Any] = {A.SERVER_ADDRESS: url.host}
         port = url.port
         if port is not None:
             attrs[A.SERVER_PORT] = port
         elif url.scheme == "https":
             attrs[A.SERVER_PORT] = 443
+        if len(_server_cache) >= 64:
+            _server_cache.clear()
+        _server_cache[id(url)] = (url, attrs)
         return attrs
     except Exception:
         return {}

@@ -591,16 +591,32 @@ def _schema_bound(value: Any) -> int:
     return len(repr(value).encode())
 
 
+_OPAQUE_PARTS = frozenset(("image_url", "input_image", "image", "input_file", "file", "input_audio"))
+
+
 def _text_bound(value: Any) -> int:
-    if isinstance(value, str):
+    # Runs before every budgeted call: plain loops and exact type checks first, since
+    # messages are almost always lists of dicts of strings.
+    if type(value) is str:
         return len(value) if value.isascii() else len(value.encode())
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):
         part_type = value.get("type")
-        if part_type in ("image_url", "input_image", "image", "input_file", "file", "input_audio"):
+        if part_type in _OPAQUE_PARTS:
             return _IMAGE_PART_TOKENS
-        return _MESSAGE_OVERHEAD_TOKENS + sum(_text_bound(v) for v in value.values())
+        total = _MESSAGE_OVERHEAD_TOKENS
+        for item in value.values():
+            if type(item) is str:
+                total += len(item) if item.isascii() else len(item.encode())
+            else:
+                total += _text_bound(item)
+        return total
     if isinstance(value, (list, tuple)):
-        return sum(_text_bound(v) for v in value)
+        total = 0
+        for item in value:
+            total += _text_bound(item)
+        return total
+    if isinstance(value, str):  # a str subclass
+        return len(value.encode())
     if isinstance(value, (int, float, bool)) or value is None:
         return 1
     return len(repr(value).encode())
