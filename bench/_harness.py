@@ -176,9 +176,11 @@ class DroppingExporter(SpanExporter):
 
 
 class _FloorStream(wrapt.ObjectProxy):
-    def __init__(self, stream: Any, span: Any) -> None:
+    """Ends the call (``end()``) when the stream is exhausted."""
+
+    def __init__(self, stream: Any, end: Callable[[], None]) -> None:
         super().__init__(stream)
-        self._self_span = span
+        self._self_end = end
 
     def __iter__(self):
         return self
@@ -187,12 +189,16 @@ class _FloorStream(wrapt.ObjectProxy):
         try:
             return self.__wrapped__.__next__()
         except StopIteration:
-            self._self_span.end()
+            self._self_end()
             raise
 
 
 class FloorScenario:
-    """One CLIENT span per call and nothing else (streams: ended on exhaustion)."""
+    """One CLIENT span per call and nothing else (streams: ended on exhaustion).
+
+    Variants change what the span carries and what ending a call does through
+    ``span_attributes`` and ``ender``, both resolved once per ``instrument()``.
+    """
 
     name = "floor"
 
@@ -202,24 +208,36 @@ class FloorScenario:
     def __init__(self, tracer_provider: Any) -> None:
         self.tracer = tracer_provider.get_tracer("bench.floor")
 
+    def span_attributes(self) -> dict[bool, dict[str, Any] | None]:
+        """Start attributes by ``stream``: none for the floor."""
+        return {False: None, True: None}
+
+    def ender(self, span: Any, stream: bool) -> Callable[[], None]:
+        """What ends a call once its response (or its stream) is done: for the floor, only the span."""
+        return span.end
+
     def instrument(self) -> None:
         from openai.resources.chat.completions import Completions
 
         tracer, proxy, request_usage = self.tracer, self.stream_proxy, self.request_usage
+        start_attributes, ender = self.span_attributes(), self.ender
 
         def wrapper(wrapped, instance, args, kwargs):
             stream = kwargs.get("stream") is True
             if request_usage and stream and not (kwargs.get("stream_options") or {}).get("include_usage"):
                 kwargs["stream_options"] = {**(kwargs.get("stream_options") or {}), "include_usage": True}
-            span = tracer.start_span(f"chat {kwargs.get('model')}", kind=SpanKind.CLIENT)
+            span = tracer.start_span(
+                f"chat {kwargs.get('model')}", kind=SpanKind.CLIENT, attributes=start_attributes[stream]
+            )
             try:
                 result = wrapped(*args, **kwargs)
             except BaseException:
                 span.end()
                 raise
+            end = ender(span, stream)
             if stream:
-                return proxy(result, span)
-            span.end()
+                return proxy(result, end)
+            end()
             return result
 
         wrapt.wrap_function_wrapper(Completions, "create", wrapper)
@@ -283,27 +301,28 @@ class InstructionClock:
 
     def __init__(self) -> None:
         self._out = os.environ.get(CALLGRIND_OUT_ENV)
-        self._dumps = 0
 
     def per_call(self, body: Callable[[], None], calls: int) -> float:
         if not self._out:
             raise RuntimeError("--clock instructions: not running under callgrind (use callgrind_command)")
         functools.reduce(lambda _a, _b: body(), (0, 0))
-        dumps = sorted(glob.glob(f"{self._out}.*"), key=lambda path: int(path.rsplit(".", 1)[1]))
-        fresh = [path for path in dumps if int(path.rsplit(".", 1)[1]) > self._dumps]
+        # Dumps are numbered <out>.1, <out>.2, ...; each read is deleted, so only new ones remain.
+        fresh = [path for path in glob.glob(f"{self._out}.*") if path.rsplit(".", 1)[1].isdigit()]
         if len(fresh) != 1:  # a reduce inside the body toggled collection off and on again
             raise RuntimeError(f"expected one callgrind dump for the measured block, found {len(fresh)}")
-        self._dumps = int(fresh[0].rsplit(".", 1)[1])
         with open(fresh[0]) as dump:
             total = next(int(line.split()[1]) for line in dump if line.startswith("totals:"))
         os.unlink(fresh[0])
         return total / calls
 
 
-def callgrind_command(argv: list[str], out_dir: str) -> tuple[list[str], dict[str, str]]:
+def callgrind_command(
+    argv: list[str], out_dir: str, env: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
     """``argv`` run under callgrind, counting only what ``InstructionClock`` measures.
 
     PYTHONHASHSEED is fixed so dict and set layouts, hence the counts, repeat.
+    Valgrind's own messages go to ``<out>.log``, leaving the program's stderr its own.
     """
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, f"callgrind.{os.getpid()}.{time.monotonic_ns()}")
@@ -314,9 +333,10 @@ def callgrind_command(argv: list[str], out_dir: str) -> tuple[list[str], dict[st
         "--toggle-collect=functools_reduce",
         "--dump-after=functools_reduce",
         f"--callgrind-out-file={out}",
+        f"--log-file={out}.log",
         *argv,
     ]
-    return command, {**os.environ, CALLGRIND_OUT_ENV: out, "PYTHONHASHSEED": "0"}
+    return command, {**(os.environ if env is None else env), CALLGRIND_OUT_ENV: out, "PYTHONHASHSEED": "0"}
 
 
 CLOCKS: dict[str, Callable[[], Any]] = {

@@ -70,12 +70,10 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _harness / peers beside this file
 
 import openai
-import wrapt
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import SpanKind
 
 import _harness as _h
 import wflo_otel
@@ -167,32 +165,37 @@ class FloorUsageScenario(_h.FloorScenario):
 
 # Span attributes wflo's LLM span gets when the request goes out; the rest come with the response.
 _REQUEST_KEYS = ("gen_ai.operation.name", "gen_ai.provider.name", "server.", "gen_ai.request.")
-# Set on every span by the budget processor, so the floor's spans carry them too.
-_EVERY_SPAN_KEYS = ("wflo.execution.id", "wflo.workflow.name", "wflo.execution.root")
 
 
-def _wflo_span_attributes(setup: Setup, client: openai.OpenAI) -> dict[str, tuple[dict, dict]]:
-    """Per mode: (request, response) attributes of the span wflo makes for the benchmark's call."""
+def _wflo_span_attributes(setup: Setup, client: openai.OpenAI) -> dict[bool, tuple[dict, dict]]:
+    """By ``stream``: (request, response) attributes of the span wflo makes for the benchmark's call.
+
+    Captured on a TracerProvider of its own, so the measured provider keeps exactly
+    its processors. That provider has no budget processor: the attributes it adds
+    to every span (the floor's too) are not part of this.
+    """
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     memory = InMemorySpanExporter()
-    setup.tracer_provider.add_span_processor(SimpleSpanProcessor(memory))
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(
+        **{**WfloScenario(setup).instrument_kwargs(), "tracer_provider": provider, "meter_provider": NoOpMeterProvider()}
+    )
     captured = {}
-    scenario = WfloScenario(setup)
-    scenario.instrument()
     try:
         for mode, fn in MODES.items():
             memory.clear()
-            with wflo_otel.workflow("bench-capture"):
-                fn(client)
-            (span,) = [s for s in memory.get_finished_spans() if s.kind.name == "CLIENT"]
-            attrs = {k: v for k, v in span.attributes.items() if k not in _EVERY_SPAN_KEYS}
+            fn(client)
+            (span,) = memory.get_finished_spans()
+            attrs = dict(span.attributes)
             request = {k: v for k, v in attrs.items() if k.startswith(_REQUEST_KEYS)}
-            captured[mode] = (request, {k: v for k, v in attrs.items() if k not in request})
+            captured[mode == "stream"] = (request, {k: v for k, v in attrs.items() if k not in request})
     finally:
-        scenario.uninstrument()
-        memory.shutdown()  # its processor stays on the provider, exporting nothing
+        instrumentor.uninstrument()
+        provider.shutdown()
     return captured
 
 
@@ -216,62 +219,37 @@ class SemconvFloorScenario(_h.FloorScenario):
         meter = setup.meter_provider.get_meter("bench.floor")
         self.duration = meter.create_histogram("gen_ai.client.operation.duration", unit="s")
         self.tokens = meter.create_histogram("gen_ai.client.token.usage", unit="{token}")
-        self.attributes: dict[str, tuple[dict, dict]] | None = None
+        self.captured: dict[bool, tuple[dict, dict]] | None = None
+        self.at_end: dict[bool, tuple[dict, dict, dict, dict, int, int]] = {}
 
-    def instrument(self) -> None:
-        from openai.resources.chat.completions import Completions
+    def span_attributes(self) -> dict[bool, dict | None]:
+        if self.captured is None:
+            self.captured = _wflo_span_attributes(self.setup, make_client())
+            for stream, (request, response) in self.captured.items():
+                base = {k: request[k] for k in ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model")}
+                base["gen_ai.response.model"] = response["gen_ai.response.model"]
+                self.at_end[stream] = (
+                    response,
+                    base,
+                    {**base, "gen_ai.token.type": "input"},
+                    {**base, "gen_ai.token.type": "output"},
+                    response["gen_ai.usage.input_tokens"],
+                    response["gen_ai.usage.output_tokens"],
+                )
+        return {stream: request for stream, (request, _response) in self.captured.items()}
 
-        if self.attributes is None:
-            self.attributes = _wflo_span_attributes(self.setup, make_client())
-        tracer, duration, tokens = self.tracer, self.duration, self.tokens
+    def ender(self, span: Any, stream: bool) -> Callable[[], None]:
+        response, base, input_set, output_set, input_tokens, output_tokens = self.at_end[stream]
+        duration, tokens = self.duration, self.tokens
 
-        def metric_sets(request: dict, response: dict) -> tuple[dict, dict, dict, int, int]:
-            base = {k: request[k] for k in ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model")}
-            base["gen_ai.response.model"] = response["gen_ai.response.model"]
-            return (
-                base,
-                {**base, "gen_ai.token.type": "input"},
-                {**base, "gen_ai.token.type": "output"},
-                response["gen_ai.usage.input_tokens"],
-                response["gen_ai.usage.output_tokens"],
-            )
-
-        per_mode = {mode: (req, resp, metric_sets(req, resp)) for mode, (req, resp) in self.attributes.items()}
-
-        def finish(span, response: dict, sets, started: float) -> None:
-            base, input_set, output_set, input_tokens, output_tokens = sets
+        def end() -> None:
             span.set_attributes(response)
-            duration.record(time.perf_counter() - started, base)
+            duration.record((time.time_ns() - span.start_time) / 1e9, base)
             tokens.record(input_tokens, input_set)
             tokens.record(output_tokens, output_set)
             span.end()
 
-        class Stream(_h._FloorStream):
-            def __next__(self):
-                try:
-                    return self.__wrapped__.__next__()
-                except StopIteration:
-                    finish(self._self_span, *self._self_finish)
-                    raise
-
-        def wrapper(wrapped, instance, args, kwargs):
-            stream = kwargs.get("stream") is True
-            request, response, sets = per_mode["stream" if stream else "call"]
-            started = time.perf_counter()
-            span = tracer.start_span(f"chat {kwargs.get('model')}", kind=SpanKind.CLIENT, attributes=request)
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException:
-                span.end()
-                raise
-            if stream:
-                proxy = Stream(result, span)
-                proxy._self_finish = (response, sets, started)
-                return proxy
-            finish(span, response, sets, started)
-            return result
-
-        wrapt.wrap_function_wrapper(Completions, "create", wrapper)
+        return end
 
 
 # Breakdown variants (--breakdown): the wflo scenario minus one part, by instrument()
@@ -439,10 +417,7 @@ def _rerun_under_callgrind() -> int:
         print("--clock instructions needs valgrind (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
     command, env = _h.callgrind_command([sys.executable, *sys.argv], peers.CALLGRIND_DIR)
-    done = subprocess.run(command, env=env, stderr=subprocess.PIPE, text=True)
-    if done.returncode not in (0, 1):
-        sys.stderr.write(done.stderr[-3000:])
-    return done.returncode
+    return subprocess.run(command, env=env).returncode
 
 
 def main() -> int:

@@ -153,15 +153,16 @@ def ensure_venv(spec: PeerSpec, openai_req: str, log) -> tuple[Path | None, str]
     return python, note
 
 
-def run_runner(python: Path, spec: PeerSpec, method: str, extra: list[str], timeout: float = 900) -> dict[str, Any]:
+def run_runner(
+    python: Path, spec: PeerSpec, method: str, extra: list[str], timeout: float = 900, counted: bool = False
+) -> dict[str, Any]:
+    """Run the peer's runner in its venv; ``counted``: under callgrind (``--clock instructions``)."""
     cmd = [str(python), str(RUNNER), "--peer", spec.runner_name, "--method", method, *extra]
     if spec.alias_httpx:
         cmd.append("--alias-httpx")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    if method != "check" and extra[extra.index("--clock") + 1] == "instructions":
-        cmd, env = callgrind_command(cmd, CALLGRIND_DIR)
-        env.pop("PYTHONPATH", None)
-        env.pop("VIRTUAL_ENV", None)
+    if counted:
+        cmd, env = callgrind_command(cmd, CALLGRIND_DIR, env)
         timeout *= 8  # callgrind runs the interpreter some 50x slower
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -187,6 +188,7 @@ def measure_peer(
     if spec.fallback_openai:
         attempts.append(f"openai<{main_openai.split('.')[0]}")
     common = ["--clock", clock, "--content", content]
+    counted = clock == "instructions"  # the measured runs go under callgrind, the check does not
     python = None
     reasons = []
     for openai_req in attempts:
@@ -218,7 +220,7 @@ def measure_peer(
     if out.check.get("uninstrument_ok"):
         out.method = "1 process"
         log(f"  measuring {spec.key} in one process ({rounds} A/B pairs x {calls} calls) ...")
-        got = run_runner(python, spec, "inprocess", [*common, *sizes])
+        got = run_runner(python, spec, "inprocess", [*common, *sizes], counted=counted)
         if not got.get("ok"):
             out.skipped = f"in-process run failed: {got.get('reason')}"
             return out
@@ -239,7 +241,7 @@ def measure_peer(
         for k in range(procs):
             order = ("baseline", "instrumented") if k % 2 == 0 else ("instrumented", "baseline")
             for method in order:
-                got = run_runner(python, spec, method, [*common, *sizes])
+                got = run_runner(python, spec, method, [*common, *sizes], counted=counted)
                 if not got.get("ok"):
                     out.skipped = f"{method} process failed: {got.get('reason')}"
                     return out

@@ -180,18 +180,14 @@ def _skip_usage_event(stream: Any, state: Any, is_async: bool) -> None:
 
         async def events():
             async for sse in iter_events():
-                data = getattr(sse, "data", None)  # inline: this runs for every event of every stream
-                maybe_usage = type(data) is str and (_USAGE in data or _USAGE_SPACED in data)
-                if not (maybe_usage and _usage_event_seen(data, state)):
+                if not _usage_event_seen(sse, state):
                     yield sse
 
     else:
 
         def events():
             for sse in iter_events():
-                data = getattr(sse, "data", None)
-                maybe_usage = type(data) is str and (_USAGE in data or _USAGE_SPACED in data)
-                if not (maybe_usage and _usage_event_seen(data, state)):
+                if not _usage_event_seen(sse, state):
                     yield sse
 
     try:
@@ -200,15 +196,12 @@ def _skip_usage_event(stream: Any, state: Any, is_async: bool) -> None:
         _log.debug("wflo-otel: could not filter stream events", exc_info=True)
 
 
-# Every chunk of a stream that asked for usage carries "usage":null but the usage chunk
-# (compact JSON from the API, spaced from some compatible servers): the substring test
-# keeps json.loads for the few events that may be it.
-_USAGE, _USAGE_SPACED = '"usage":{', '"usage": {'
-
-
-def _usage_event_seen(data: str, state: Any) -> bool:
-    """True (and the usage recorded) for the usage-only chunk's event data: no choices, a usage object."""
+def _usage_event_seen(sse: Any, state: Any) -> bool:
+    """True (and the usage recorded) for the usage-only chunk: no choices, a usage object."""
     try:
+        data = sse.data
+        if '"usage":{' not in data and '"usage": {' not in data:  # cheap: most chunks carry "usage":null
+            return False
         chunk = json.loads(data)
         if type(chunk) is not dict or chunk.get("choices") or not chunk.get("usage"):
             return False
