@@ -1,14 +1,17 @@
 """``ProcessStore``: the span store run in a child process, off the application's GIL.
 
-In-process, the exporter's database work (converting rows for the driver, the
-driver's encoding, the event loop) runs on the application's interpreter and so
-competes with the application's own threads for the GIL; a service that makes
-thousands of spans a second spends most of that lock making them. Here the
-exporter thread still maps spans to rows, then hands the batch to a child
-process that owns the ``SpanStore`` (its own interpreter, its own core):
-``begin_write`` hands a batch over, ``finish_write`` waits for its commit, and
-the exporter maps the next batch in between. The plain ``write`` (used for
-migrations, probes and spool replay) waits for its own answer.
+In-process, the exporter's database work (mapping spans to rows, converting them
+for the driver, the driver's encoding, the event loop) runs on the application's
+interpreter and so competes with the application's own threads for the GIL; a
+service that makes thousands of spans a second spends most of that lock making
+them. Here the exporter thread only copies each span's data into a tuple of plain
+values (``records.span_fields``) and hands the batch to a child process that maps
+it (``mapping``, the same code as in-process, priced by a snapshot of the
+exporter's ``PriceBook``) and writes it through its own ``SpanStore`` (its own
+interpreter, its own core): ``begin_write_spans`` hands a batch over,
+``finish_write`` waits for its commit, and the exporter prepares the next batch in
+between. The plain ``write`` of a mapped batch (used for retries, migrations,
+probes and spool replay) waits for its own answer.
 
 The child is ``python -m wflo_otel.exporters.process_store`` (never a
 ``multiprocessing`` spawn, which would import the application's ``__main__``
@@ -35,7 +38,10 @@ import threading
 import weakref
 from typing import Any, BinaryIO
 
-from .mapping import RowBatch
+from wflo_otel.pricing import PriceBook
+
+from .mapping import RowBatch, map_records
+from .records import SpanFields, record_from_fields
 from .store import SpanStore, is_retryable, is_transient, normalize_url, sqlstate_of
 
 _HEADER = struct.Struct(">I")
@@ -73,7 +79,7 @@ class ProcessStore:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._closed = False
-        self._pending = False  # a begin_write() whose reply is still in the pipe
+        self._pending = False  # a begin_write_spans() whose reply is still in the pipe
         self._outcome: tuple | None = None  # its reply, once read
         self.restarts = 0
         _after_fork_in_child(self)
@@ -95,21 +101,23 @@ class ProcessStore:
 
     # ----------------------------------------------------------------- one write in flight
 
-    def begin_write(self, batch: RowBatch) -> None:
-        """Hand ``batch`` to the child and return; ``finish_write()`` waits for its commit.
+    def begin_write_spans(self, spans: list[SpanFields], pricing: tuple) -> None:
+        """Hand ``spans`` to the child, to map and write; ``finish_write()`` waits for the commit.
 
-        Meanwhile this process can map the next batch while the child writes this one:
-        the two share no GIL. One write is in flight at a time.
+        ``pricing`` is ``PriceBook.snapshot()`` of the exporter's prices (the child
+        rebuilds its book only when that changes). Meanwhile this process prepares the
+        next batch while the child writes this one: the two share no GIL. One write is
+        in flight at a time.
         """
         with self._lock:
             self._settle_pending_locked()
             if self._outcome is not None:
                 raise RuntimeError("finish_write() the previous batch first")
-            self._send_locked("write", (batch,))
+            self._send_locked("write_spans", (spans, pricing))
             self._pending = True
 
     def finish_write(self) -> bool:
-        """Wait for the write handed over by ``begin_write``; False if there was none.
+        """Wait for the write handed over by ``begin_write_spans``; False if there was none.
 
         Raises what the write raised (``WriterGone`` if the child died or hung meanwhile).
         """
@@ -284,10 +292,39 @@ def _describe(exc: BaseException) -> tuple[str, str, str | None, bool]:
     return type(exc).__name__, str(exc).strip()[:2000], state, transient
 
 
+class _ChildWriter:
+    """The child's side of the calls: the store's own, and span batches to map before writing."""
+
+    def __init__(self, url: str) -> None:
+        self.store = SpanStore(url)
+        self._pricing: tuple | None = None
+        self._pricebook: PriceBook | None = None
+
+    async def write_spans(self, spans: list[SpanFields], pricing: tuple) -> None:
+        if pricing != self._pricing:
+            self._pricebook, self._pricing = PriceBook.from_snapshot(pricing), pricing
+        await self.store.write(map_records(map(record_from_fields, spans), self._pricebook))
+
+    async def write(self, batch: RowBatch) -> None:
+        await self.store.write(batch)
+
+    async def migrate(self) -> None:
+        await self.store.migrate()
+
+    async def ping(self) -> None:
+        await self.store.ping()
+
+    async def dispose(self) -> None:
+        await self.store.dispose()
+
+
+_OPS = frozenset({"write_spans", "write", "migrate", "ping"})
+
+
 def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     """The child's loop: one request, one reply, until the parent closes the pipe."""
     url = _receive(requests)
-    store = SpanStore(url)
+    writer = _ChildWriter(url)
     loop = asyncio.new_event_loop()
     try:
         while True:
@@ -296,12 +333,14 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             except EOFError:
                 break
             try:
-                result = loop.run_until_complete(getattr(store, op)(*args))
+                if op not in _OPS:
+                    raise ValueError(f"unknown request {op!r}")
+                result = loop.run_until_complete(getattr(writer, op)(*args))
                 _send(replies, ("ok", result))
             except Exception as exc:
                 _send(replies, ("error", _describe(exc)))
     finally:
-        loop.run_until_complete(store.dispose())
+        loop.run_until_complete(writer.dispose())
         loop.close()
 
 

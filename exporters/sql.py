@@ -40,7 +40,7 @@ from sqlalchemy.engine import make_url
 
 from ._loop import LoopThread
 from .mapping import RowBatch, map_records
-from .records import record_from_readable_span
+from .records import SpanFields, record_from_fields, record_from_readable_span, span_fields
 from .spool import Spool, SpoolFull
 from .store import SpanStore, is_transient
 
@@ -108,7 +108,7 @@ class SQLSpanExporter(SpanExporter):
             self._spool = Spool.for_database(self._store.url, root, max_bytes, label=self._safe_url)
 
         # writer="process": one batch can be in the child's hands while the next is mapped.
-        self._handoff: _Handoff | None = _Handoff() if hasattr(self._store, "begin_write") else None
+        self._handoff: _Handoff | None = _Handoff() if hasattr(self._store, "begin_write_spans") else None
         self._state = threading.Condition()
         self._down = False
         self._down_since = 0.0
@@ -158,15 +158,14 @@ class SQLSpanExporter(SpanExporter):
         if self._shutdown:
             _log.warning("wflo-otel: export called after shutdown; %d spans not written", len(spans))
             return SpanExportResult.FAILURE
-        batch = map_records((record_from_readable_span(s) for s in spans), self._pricebook or _default_pricebook())
-        if not batch.steps and not batch.executions:
+        if not spans:
             return SpanExportResult.SUCCESS
         with self._state:
             self._inflight += 1
         try:
-            if self._handoff is not None:
-                return self._hand_over(batch, len(spans))
-            return self._deliver(batch, len(spans))
+            if self._handoff is not None:  # the child maps them: here only what frees them from the SDK
+                return self._hand_over([span_fields(s) for s in spans])
+            return self._deliver(self._map(map(record_from_readable_span, spans)), len(spans))
         finally:
             with self._state:
                 self._inflight -= 1
@@ -231,7 +230,19 @@ class SQLSpanExporter(SpanExporter):
 
     # ----------------------------------------------------------------- delivery
 
+    def _prices(self):
+        return self._pricebook or _default_pricebook()
+
+    def _map(self, records) -> RowBatch:
+        return map_records(records, self._prices())
+
+    def _map_fields(self, spans: list[SpanFields]) -> RowBatch:
+        """A batch handed to the writer process, mapped here after all (its write failed)."""
+        return self._map(map(record_from_fields, spans))
+
     def _deliver(self, batch: RowBatch, spans: int) -> SpanExportResult:
+        if not batch.steps and not batch.executions:  # nothing mapped (each odd span was logged)
+            return SpanExportResult.SUCCESS
         if self._circuit_open():
             return self._spill(batch, spans)
         error = self._write_with_retries(batch)
@@ -252,25 +263,25 @@ class SQLSpanExporter(SpanExporter):
             self._ensure_replayer()
             self._wake.set()
 
-    def _hand_over(self, batch: RowBatch, spans: int) -> SpanExportResult:
+    def _hand_over(self, spans: list[SpanFields]) -> SpanExportResult:
         """writer="process": settle the batch handed over before, hand this one over, return.
 
-        The child commits this batch while the next one is mapped here. Its outcome is
-        settled by the next export, ``force_flush`` or ``shutdown``: a failed write then
-        takes the usual path (retries, spool). When the database is away, or the hand-over
-        fails, the batch is delivered the usual way at once.
+        The child maps and commits this batch while the next one is prepared here. Its
+        outcome is settled by the next export, ``force_flush`` or ``shutdown``: a failed
+        write then takes the usual path (mapped here, retries, spool). When the database
+        is away, or the hand-over fails, the batch is delivered the usual way at once.
         """
         with self._handoff.lock:
             self._settle_handed_locked()
             if self._circuit_open() or self._spool_dirty:
-                return self._deliver(batch, spans)
+                return self._deliver(self._map_fields(spans), len(spans))
             try:
                 self._ensure_schema()
-                self._store.begin_write(batch)
+                self._store.begin_write_spans(spans, self._prices().snapshot())
             except Exception:
                 _log.debug("wflo-otel: hand-over to the writer process failed", exc_info=True)
-                return self._deliver(batch, spans)
-            self._handoff.batch, self._handoff.spans = batch, spans
+                return self._deliver(self._map_fields(spans), len(spans))
+            self._handoff.spans = spans
             return SpanExportResult.SUCCESS
 
     def _settle_handed(self) -> None:
@@ -279,17 +290,17 @@ class SQLSpanExporter(SpanExporter):
                 self._settle_handed_locked()
 
     def _settle_handed_locked(self) -> None:
-        batch, spans = self._handoff.batch, self._handoff.spans
-        if batch is None:
+        spans = self._handoff.spans
+        if spans is None:
             return
-        self._handoff.batch = None
+        self._handoff.spans = None
         try:
             self._store.finish_write()
         except Exception as exc:
             _log.info("wflo-otel: handed-over batch failed (%s); delivering it again", _brief(exc))
-            self._deliver(batch, spans)  # idempotent: retries, then spool or failed/
+            self._deliver(self._map_fields(spans), len(spans))  # idempotent: retries, then spool or failed/
             return
-        self._committed(spans)
+        self._committed(len(spans))
 
     def _write_with_retries(self, batch: RowBatch) -> BaseException | None:
         for attempt in range(self._retries + 1):
@@ -487,12 +498,11 @@ class SQLSpanExporter(SpanExporter):
 
 
 class _Handoff:
-    """The batch the writer process holds (writer="process"), until its commit is confirmed."""
+    """The spans the writer process holds (writer="process"), until their commit is confirmed."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.batch: RowBatch | None = None
-        self.spans = 0
+        self.spans: list[SpanFields] | None = None
 
 
 WRITER_ENV = "WFLO_EXPORT_WRITER"

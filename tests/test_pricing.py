@@ -520,3 +520,16 @@ def test_time_of_day_price_is_not_frozen_into_float_rates() -> None:
     entry = pricing._compile(Provider(id="acme", name="Acme", api_pattern="acme", models=[model]), model, None)
     assert isinstance(entry, pricing._CalcPrice)
     assert (entry.max_input, entry.max_output) == pytest.approx((2e-6, 8e-6))
+
+
+def test_a_snapshot_rebuilds_a_book_that_prices_alike_and_changes_with_an_override() -> None:
+    book = PriceBook(overrides={"in-house-llm": {"input_per_mtok": 2.0, "output_per_mtok": 8.0}})
+    copy = PriceBook.from_snapshot(book.snapshot())
+    for model in ("in-house-llm", "gpt-4o-mini", "no-such-model"):
+        assert copy.cost(model, 1000, 100, 0, 0) == book.cost(model, 1000, 100, 0, 0)
+    assert copy.snapshot() == book.snapshot()
+
+    before = book.snapshot()
+    book.set_price("in-house-llm", input_per_mtok=4.0, output_per_mtok=8.0)
+    assert book.snapshot() != before
+    assert PriceBook.from_snapshot(book.snapshot()).cost("in-house-llm", 1_000_000, 0).usd == pytest.approx(4.0)

@@ -65,6 +65,44 @@ def test_configure_force_flush_means_the_spans_are_in_the_database(database_url,
         handle.shutdown()
 
 
+def _unpriced_llm_spans(model: str, count: int) -> list:
+    """CLIENT spans as another GenAI instrumentation makes them: usage, no ``wflo.cost.usd``."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("another-instrumentation")
+    for _ in range(count):
+        attributes = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": model,
+            "gen_ai.usage.input_tokens": 1_000_000,
+            "gen_ai.usage.output_tokens": 0,
+        }
+        tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attributes).end()
+    return list(memory.get_finished_spans())
+
+
+def test_the_child_prices_with_the_exporters_prices_and_follows_their_changes(database_url, tmp_path):
+    from wflo_otel.pricing import PriceBook
+
+    book = PriceBook(overrides={"in-house-llm": {"input_per_mtok": 2.0, "output_per_mtok": 8.0}})
+    exporter = process_exporter(database_url, tmp_path / "spool", pricebook=book)
+    try:
+        assert exporter.export(_unpriced_llm_spans("in-house-llm", 3)).name == "SUCCESS"
+        book.set_price("in-house-llm", input_per_mtok=5.0, output_per_mtok=8.0)  # between two batches
+        assert exporter.export(_unpriced_llm_spans("in-house-llm", 2)).name == "SUCCESS"
+        assert exporter.force_flush()
+    finally:
+        exporter.shutdown()
+    rows = query(database_url, "SELECT cost_usd, cost_source FROM step_executions ORDER BY cost_usd")
+    assert [(round(cost, 6), source) for cost, source in rows] == [(2.0, "override")] * 3 + [(5.0, "override")] * 2
+
+
 def test_a_killed_child_is_replaced_and_its_batch_is_written(database_url, tmp_path):
     spans, expected = make_workflows(30, llm_calls=2, steps=1, seed=22)
     first, second = spans[: len(spans) // 2], spans[len(spans) // 2 :]

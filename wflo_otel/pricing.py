@@ -282,6 +282,26 @@ class PriceBook:
             _log.debug("cannot bound cost of model %r", model, exc_info=True)
             return None
 
+    def snapshot(self) -> tuple:
+        """What this book prices by, as plain comparable values: provider and overrides.
+
+        ``PriceBook.from_snapshot`` builds an equal book from it in another process (the
+        exporter's writer process prices there); two snapshots compare equal exactly when
+        the books would price alike, so the receiver rebuilds only after a change.
+        """
+        with self._lock:
+            overrides = tuple(
+                sorted((key, e.input, e.cache_read, e.output, e.source) for key, e in self._overrides.items())
+            )
+        return (self._provider_id, overrides)
+
+    @classmethod
+    def from_snapshot(cls, snapshot: tuple) -> "PriceBook":
+        provider_id, overrides = snapshot
+        book = cls(provider_id)
+        book._overrides = {key: _FlatPrice(*rates) for key, *rates in overrides}
+        return book
+
     def is_known(self, model: str | None) -> bool:
         """Whether ``model`` has a price (from genai-prices or an override)."""
         try:
