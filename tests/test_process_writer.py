@@ -49,6 +49,25 @@ def test_export_hands_a_batch_over_and_force_flush_waits_for_its_commit(database
         exporter.shutdown()
 
 
+def test_the_application_process_hands_spans_over_without_mapping_them(database_url, tmp_path, monkeypatch):
+    from wflo_otel.exporters import sql
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("mapped in the application's process")
+
+    spans, expected = make_workflows(12, llm_calls=2, steps=1, seed=26)
+    exporter = process_exporter(database_url, tmp_path / "spool")
+    try:
+        monkeypatch.setattr(sql, "map_records", not_here)  # the child maps: it has its own module
+        for batch in batches(spans, 20, seed=5):
+            assert exporter.export(batch).name == "SUCCESS"
+        assert exporter.force_flush()
+    finally:
+        exporter.shutdown()
+    assert_database_holds(database_url, expected)
+    assert exporter.stats()["spooled_spans"] == 0
+
+
 def test_configure_force_flush_means_the_spans_are_in_the_database(database_url, monkeypatch):
     import wflo_otel
     from opentelemetry.sdk.trace import TracerProvider
