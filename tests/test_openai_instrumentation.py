@@ -118,6 +118,33 @@ def test_stream_with_include_usage_keeps_the_users_usage_chunk(telemetry, client
     assert span.attributes["gen_ai.usage.output_tokens"] == chunks[-1].usage.completion_tokens
 
 
+def test_stream_asks_for_usage_keeping_the_users_stream_options_and_extra_body(telemetry, client, openai_server):
+    options, extra = {"include_obfuscation": False}, {"user": "ticket-42"}
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options=options, extra_body=extra
+        )
+    )
+
+    sent = openai_server.requests[-1]
+    assert sent["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+    assert sent["user"] == "ticket-42"
+    assert options == {"include_obfuscation": False} and extra == {"user": "ticket-42"}, "the user's dicts are untouched"
+    assert chunks and all(chunk.choices for chunk in chunks), "the usage chunk we asked for stays hidden"
+    (span,) = telemetry.llm_spans()
+    assert span.attributes["gen_ai.usage.output_tokens"] > 0
+
+
+def test_stream_usage_asked_for_through_extra_body_is_the_users(telemetry, client, openai_server):
+    extra = {"stream_options": {"include_usage": True}}
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_body=extra))
+
+    assert openai_server.requests[-1]["stream_options"] == {"include_usage": True}
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    (span,) = telemetry.llm_spans()
+    assert span.attributes["gen_ai.usage.output_tokens"] == chunks[-1].usage.completion_tokens
+
+
 def test_stream_closed_early_still_ends_its_span_once(telemetry, client):
     stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
     with stream:

@@ -478,6 +478,26 @@ def test_odd_response_fields_give_a_span_with_what_could_be_read_and_never_raise
     assert span.attributes["wflo.cost.source"] == "no-usage"
 
 
+def test_unreadable_stream_chunk_reaches_the_user_and_the_stream_is_still_priced(telemetry):
+    http = _http_module()
+    base = {"id": "chatcmpl-odd", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+    events = [
+        {**base, "choices": 5},  # the SDK passes it through as is; reading it fails
+        {**base, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]},
+        {**base, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}},
+    ]
+    body = ("".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n").encode()
+    client = _mock_client(lambda request: http.Response(200, headers={"content-type": "text/event-stream"}, content=body))
+
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+
+    assert [chunk.choices for chunk in chunks][0] == 5 and len(chunks) == 2, "the usage chunk we asked for stays hidden"
+    span = one_span(telemetry)
+    assert span.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert span.attributes["gen_ai.usage.output_tokens"] == 1
+    assert_priced(span)
+
+
 FAILED_RESPONSE = {
     "id": "resp_failed", "object": "response", "created_at": 1, "status": "failed", "model": "gpt-4o-mini-2024-07-18",
     "error": {"code": "server_error", "message": "boom"}, "output": [], "parallel_tool_calls": True,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from typing import Any, Collection, Mapping
+from typing import Any, Collection
 
 import wrapt
 from opentelemetry import trace
@@ -31,7 +31,7 @@ from ...errors import BudgetExceededError
 from ...metrics import GenAIMetrics
 from ...pricing import default_pricebook
 from .call import LLMCall, Telemetry, begin, in_llm_call
-from .parsing import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Shape, read_json_body
+from .parsing import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Shape, ask_for_stream_usage, read_json_body
 from .streams import (
     APIResponseProxy,
     AsyncAPIResponseProxy,
@@ -173,12 +173,7 @@ def _start(tel: Telemetry, shape: Shape, instance: Any, kwargs: dict[str, Any]) 
     out uninstrumented rather than break the application.
     """
     try:
-        hide_usage_chunk = False
-        if shape.include_usage and kwargs.get("stream") is True:
-            options = kwargs.get("stream_options")
-            if not (isinstance(options, Mapping) and options.get("include_usage")):
-                kwargs["stream_options"] = {**(options if isinstance(options, Mapping) else {}), "include_usage": True}
-                hide_usage_chunk = True
+        hide_usage_chunk = shape.include_usage and kwargs.get("stream") is True and ask_for_stream_usage(kwargs)
         return begin(tel, shape.operation, instance, kwargs, shape), hide_usage_chunk
     except BudgetExceededError:
         raise

@@ -12,10 +12,13 @@ and where its input text lives. The wrappers know nothing else about OpenAI.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ... import attributes as A
+
+_log = logging.getLogger(__name__)
 
 # GenAI semantic-convention names used only here (not yet in wflo_otel.attributes).
 GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
@@ -108,6 +111,30 @@ def output_ceiling(kwargs: Mapping[str, Any]) -> int | None:
         if type(value) is int:
             return value
     return None
+
+
+def ask_for_stream_usage(kwargs: dict[str, Any]) -> bool:
+    """Make a streamed request report its usage; True if we asked on the user's behalf (hide that chunk).
+
+    ``stream_options.include_usage`` goes out through ``extra_body``, which the SDK
+    merges into the JSON as it is: passed as the ``stream_options`` argument, it
+    would go through the SDK's type-driven request transform, which on openai 3.x
+    costs about as much as all of wflo's own work on a 13-chunk stream. The key
+    ``extra_body`` sets replaces the body's, so the user's stream options (from
+    ``extra_body``, else from the argument) are carried over, never mutated.
+    """
+    extra = kwargs.get("extra_body")
+    if extra is None:
+        extra = {}
+    elif not isinstance(extra, Mapping):  # nothing the SDK could merge into: the request stays as written
+        return False
+    options = extra["stream_options"] if "stream_options" in extra else kwargs.get("stream_options")
+    if options is None or not isinstance(options, Mapping):  # None first: an ABC check is not free
+        options = {}
+    elif options.get("include_usage"):
+        return False  # the user asked: the usage chunk is theirs
+    kwargs["extra_body"] = {**extra, "stream_options": {**options, "include_usage": True}}
+    return True
 
 
 def request_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -270,37 +297,51 @@ class ChatStreamState:
         self.outputs: dict[int, dict[str, Any]] | None = {} if capture else None
 
     def observe(self, chunk: Any) -> bool:
-        """Record one chunk; True if it is the usage-only chunk (no choices, only usage)."""
+        """Record one chunk; True if it is the usage-only chunk (no choices, only usage).
+
+        Never raises: the stream proxy calls it on every chunk without a guard of its
+        own (a guard there is one more call per chunk), and an unreadable chunk is
+        the user's all the same.
+        """
         try:
-            usage = chunk.usage
-            choices = chunk.choices
-            getter = getattr
-        except AttributeError:
-            usage = field(chunk, "usage")
-            choices = field(chunk, "choices")
-            getter = _field_or_none
-        if self.response_id is None:
-            self.response_id = getter(chunk, "id", None)
-            self.model = getter(chunk, "model", None)
-        if usage is not None:
-            self.usage_obj = usage
-            tier = getter(chunk, "service_tier", None)
-            if isinstance(tier, str):
-                self.service_tier = tier
-        if not choices:
-            return usage is not None
-        outputs = self.outputs
-        for choice in choices:
-            reason = getter(choice, "finish_reason", None)
-            if reason is not None or outputs is not None:
-                index = getter(choice, "index", None)
-                if type(index) is not int:
-                    index = 0
-                if reason is not None:
-                    self.finish_reasons[index] = reason
-                if outputs is not None:
-                    self._accumulate(index, choice)
-        return False
+            if type(chunk) is dict:  # the usage event, read from its JSON: a failed attribute read costs more
+                usage = chunk.get("usage")
+                choices = chunk.get("choices")
+                getter = _field_or_none
+            else:
+                try:
+                    usage = chunk.usage
+                    choices = chunk.choices
+                    getter = getattr
+                except AttributeError:
+                    usage = field(chunk, "usage")
+                    choices = field(chunk, "choices")
+                    getter = _field_or_none
+            if self.response_id is None:
+                self.response_id = getter(chunk, "id", None)
+                self.model = getter(chunk, "model", None)
+            if usage is not None:
+                self.usage_obj = usage
+                tier = getter(chunk, "service_tier", None)
+                if isinstance(tier, str):
+                    self.service_tier = tier
+            if not choices:
+                return usage is not None
+            outputs = self.outputs
+            for choice in choices:
+                reason = getter(choice, "finish_reason", None)
+                if reason is not None or outputs is not None:
+                    index = getter(choice, "index", None)
+                    if type(index) is not int:
+                        index = 0
+                    if reason is not None:
+                        self.finish_reasons[index] = reason
+                    if outputs is not None:
+                        self._accumulate(index, choice)
+            return False
+        except Exception:
+            _log.debug("wflo-otel: unreadable stream chunk", exc_info=True)
+            return False
 
     def _accumulate(self, index: int, choice: Any) -> None:
         out = self.outputs.setdefault(index, {"text": [], "tools": {}})
@@ -365,19 +406,22 @@ class ResponsesStreamState:
         self.capture = capture
 
     def observe(self, event: Any) -> bool:
-        """Record one event; never hides one (the Responses API reports usage on its own)."""
+        """Record one event; never hides one (the Responses API reports usage on its own), never raises."""
         try:
-            kind = event.type  # SDK event models; per event, so no generic reader
-        except AttributeError:
-            kind = field(event, "type")
-        if kind in _RESPONSES_FINAL_EVENTS:
-            self.final = field(event, "response")
-        elif kind in _RESPONSES_START_EVENTS:
-            if self.started is None:
-                self.started = field(event, "response")
-        elif kind == "error":
-            code = field(event, "code")
-            self.error_type = code if isinstance(code, str) and code else "error"
+            try:
+                kind = event.type  # SDK event models; per event, so no generic reader
+            except AttributeError:
+                kind = field(event, "type")
+            if kind in _RESPONSES_FINAL_EVENTS:
+                self.final = field(event, "response")
+            elif kind in _RESPONSES_START_EVENTS:
+                if self.started is None:
+                    self.started = field(event, "response")
+            elif kind == "error":
+                code = field(event, "code")
+                self.error_type = code if isinstance(code, str) and code else "error"
+        except Exception:
+            _log.debug("wflo-otel: unreadable stream event", exc_info=True)
         return False
 
     def result(self) -> Outcome:
@@ -574,7 +618,7 @@ def estimate_input_tokens(kwargs: Mapping[str, Any]) -> int:
             total += _text_bound(value)
     for key in ("tools", "functions", "response_format", "text", "text_format"):
         value = kwargs.get(key)
-        if is_given(value):
+        if value is not None and is_given(value):  # most requests set none: no call for them
             total += _schema_bound(value)
     return total
 
@@ -599,7 +643,8 @@ def _text_bound(value: Any) -> int:
     # messages are almost always lists of dicts of strings.
     if type(value) is str:
         return len(value) if value.isascii() else len(value.encode())
-    if type(value) is dict or isinstance(value, Mapping):
+    # A list is no Mapping, and the ABC's isinstance costs more than a whole message.
+    if type(value) is dict or (type(value) is not list and isinstance(value, Mapping)):
         part_type = value.get("type")
         if part_type in _OPAQUE_PARTS:
             return _IMAGE_PART_TOKENS

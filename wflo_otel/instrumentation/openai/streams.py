@@ -35,41 +35,59 @@ _NO_OUTCOME = (None, {}, None)
 STREAM_SLOT: contextvars.ContextVar[list | None] = contextvars.ContextVar("wflo_otel_stream_slot", default=None)
 
 
-class _StreamProxy(wrapt.ObjectProxy):
-    """State and endings shared by the sync and async proxies."""
+class _Tap:
+    """What a stream proxy needs per chunk and at the end, on a plain object.
 
-    def __init__(self, stream: Any, call: LLMCall, state: Any, hide_usage_chunk: bool) -> None:
-        super().__init__(stream)
-        self._self_call = call
-        self._self_state = state
-        self._self_hide = hide_usage_chunk
+    Every attribute read on a ``wrapt`` proxy goes through its ``__getattr__`` hook,
+    about a thousand instructions each; the proxy's ``__next__`` reads this one
+    object, and the rest are slot reads (the SDK stream's bound ``__next__`` /
+    ``__anext__`` included, so the chunk itself costs no further proxy read).
+    """
 
-    def _self_unreadable(self) -> bool:
-        _log.debug("wflo-otel: unreadable stream chunk", exc_info=True)
-        return False
+    __slots__ = ("step", "call", "state", "observe", "hide")
 
-    def _self_finish(self) -> None:
+    def __init__(self, step: Any, call: LLMCall, state: Any, hide_usage_chunk: bool) -> None:
+        self.step = step
+        self.call = call
+        self.state = state
+        self.observe = state.observe
+        self.hide = hide_usage_chunk
+
+    def finish(self) -> None:
         """Finish with what was seen; may raise BudgetExceededError (stream exhausted over budget)."""
         try:
-            outcome = self._self_state.result()
+            outcome = self.state.result()
         except Exception:
             _log.debug("wflo-otel: could not read stream state", exc_info=True)
             outcome = _NO_OUTCOME
-        self._self_call.finish(*outcome)
+        self.call.finish(*outcome)
 
-    def _self_finish_quietly(self) -> None:
+    def finish_quietly(self) -> None:
         """Finish without raising: close(), __exit__ and GC are no place for a budget error."""
-        if self._self_call.ended:
+        if self.call.ended:
             return
         try:
-            self._self_finish()
+            self.finish()
         except Exception:
             pass
 
     def __del__(self) -> None:
-        call = getattr(self, "_self_call", None)
+        # Only its proxy holds a tap, so this is the proxy being collected unclosed;
+        # here rather than on the proxy, whose own attribute reads cost more.
+        call = getattr(self, "call", None)
         if call is not None and not call.ended:
-            self._self_finish_quietly()
+            self.finish_quietly()
+
+
+class _StreamProxy(wrapt.ObjectProxy):
+    """State and endings shared by the sync and async proxies (all held by one ``_Tap``)."""
+
+    def __init__(self, stream: Any, tap: _Tap) -> None:
+        super().__init__(stream)
+        self._self_tap = tap
+
+    def _self_finish_quietly(self) -> None:
+        self._self_tap.finish_quietly()
 
 
 class SyncStreamProxy(_StreamProxy):
@@ -77,21 +95,18 @@ class SyncStreamProxy(_StreamProxy):
         return self
 
     def __next__(self) -> Any:
+        tap = self._self_tap
         while True:
             try:
-                chunk = self.__wrapped__.__next__()
+                chunk = tap.step()
             except StopIteration:
-                self._self_finish()
+                tap.finish()
                 raise
             except BaseException as exc:  # cancellation too: the span must end
-                self._self_call.fail(exc)
+                tap.call.fail(exc)
                 raise
-            # Per chunk: observe it, and hide the usage-only chunk we asked for on the user's behalf.
-            try:
-                usage_only = self._self_state.observe(chunk)
-            except Exception:
-                usage_only = self._self_unreadable()
-            if not (usage_only and self._self_hide):
+            # The state never raises; hidden: the usage-only chunk we asked for on the user's behalf.
+            if not (tap.observe(chunk) and tap.hide):
                 return chunk
 
     def __enter__(self):
@@ -116,21 +131,18 @@ class AsyncStreamProxy(_StreamProxy):
         return self
 
     async def __anext__(self) -> Any:
+        tap = self._self_tap
         while True:
             try:
-                chunk = await self.__wrapped__.__anext__()
+                chunk = await tap.step()
             except StopAsyncIteration:
-                self._self_finish()
+                tap.finish()
                 raise
             except BaseException as exc:  # cancellation too: the span must end
-                self._self_call.fail(exc)
+                tap.call.fail(exc)
                 raise
-            # Per chunk: observe it, and hide the usage-only chunk we asked for on the user's behalf.
-            try:
-                usage_only = self._self_state.observe(chunk)
-            except Exception:
-                usage_only = self._self_unreadable()
-            if not (usage_only and self._self_hide):
+            # The state never raises; hidden: the usage-only chunk we asked for on the user's behalf.
+            if not (tap.observe(chunk) and tap.hide):
                 return chunk
 
     async def __aenter__(self):
@@ -155,12 +167,19 @@ def wrap_stream(stream: Any, call: LLMCall, state: Any, hide_usage_chunk: bool) 
     is_async = hasattr(stream, "__anext__")
     if hide_usage_chunk:
         _skip_usage_event(stream, state, is_async)
-    cls = AsyncStreamProxy if is_async else SyncStreamProxy
-    proxy = cls(stream, call, state, hide_usage_chunk)
+    if is_async:
+        proxy: _StreamProxy = AsyncStreamProxy(stream, _Tap(stream.__anext__, call, state, hide_usage_chunk))
+    else:
+        proxy = SyncStreamProxy(stream, _Tap(stream.__next__, call, state, hide_usage_chunk))
     slot = STREAM_SLOT.get()
     if slot is not None:
         slot.append(proxy)
     return proxy
+
+
+# Only a usage object names this key, and a quote inside a string is escaped, so no
+# content can fake it: one substring test per event before anything is parsed.
+_USAGE_MARK = '"prompt_tokens"'
 
 
 def _skip_usage_event(stream: Any, state: Any, is_async: bool) -> None:
@@ -170,7 +189,8 @@ def _skip_usage_event(stream: Any, state: Any, is_async: bool) -> None:
     again (on a 13-chunk stream, that parse is most of what asking for usage costs).
     Here its JSON is read for the usage and the event is dropped. The SDK's streams
     look up their private ``_iter_events`` when iteration starts (openai 1.x to 3.x),
-    and ours is set before that; a stream without it keeps the proxy's hiding.
+    and ours is set before that; a stream without it keeps the proxy's hiding, as does
+    a usage chunk the substring test misses.
     """
     iter_events = getattr(stream, "_iter_events", None)
     if not callable(iter_events):
@@ -180,14 +200,14 @@ def _skip_usage_event(stream: Any, state: Any, is_async: bool) -> None:
 
         async def events():
             async for sse in iter_events():
-                if not _usage_event_seen(sse, state):
+                if _USAGE_MARK not in sse.data or not _usage_event_seen(sse, state):
                     yield sse
 
     else:
 
         def events():
             for sse in iter_events():
-                if not _usage_event_seen(sse, state):
+                if _USAGE_MARK not in sse.data or not _usage_event_seen(sse, state):
                     yield sse
 
     try:
@@ -196,14 +216,20 @@ def _skip_usage_event(stream: Any, state: Any, is_async: bool) -> None:
         _log.debug("wflo-otel: could not filter stream events", exc_info=True)
 
 
+_JSON = json.JSONDecoder()
+
+
 def _usage_event_seen(sse: Any, state: Any) -> bool:
-    """True (and the usage recorded) for the usage-only chunk: no choices, a usage object."""
+    """True (and the usage recorded) for the usage-only chunk: no choices, a usage object.
+
+    ``raw_decode`` spares the two whitespace scans ``json.loads`` adds (a fifth of
+    this parse); an event it does not take whole stays in, for the SDK to parse and
+    the proxy to hide.
+    """
     try:
         data = sse.data
-        if '"usage":{' not in data and '"usage": {' not in data:  # cheap: most chunks carry "usage":null
-            return False
-        chunk = json.loads(data)
-        if type(chunk) is not dict or chunk.get("choices") or not chunk.get("usage"):
+        chunk, end = _JSON.raw_decode(data)
+        if end != len(data) or type(chunk) is not dict or chunk.get("choices") or not chunk.get("usage"):
             return False
         state.observe(chunk)
         return True
