@@ -42,9 +42,10 @@ def span_fields(span: ReadableSpan) -> SpanFields:
     """The least work that frees a span's data from the SDK objects: a tuple of plain values.
 
     The writer process (``process_store``) receives these and builds the records and
-    rows there, off the application's GIL; the tuple pickles in a third of the time a
-    mapped row batch takes. The attribute and resource dicts are shared, not copied
-    (the SDK no longer changes them once the span has ended).
+    rows there, off the application's GIL; building and pickling the tuple costs a third
+    of mapping the span and pickling its rows (~7 against ~22 µs). The attribute and
+    resource dicts are shared, not copied (the SDK no longer changes them once the span
+    has ended).
     """
     ctx = span.context
     parent = span.parent
