@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .checkpoint import BACKSTOP_PAGES, WalCheckpointer, database_path
 from .mapping import RowBatch
 from .schema import step_executions, workflow_definitions, workflow_executions
 
@@ -623,6 +624,7 @@ class SpanStore:
         self._sqlite_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = (
             weakref.WeakKeyDictionary()
         )
+        self._checkpointer = _checkpointer_for(self.engine, self.url) if self.dialect == "sqlite" else None
 
     async def migrate(self) -> None:
         """Bring the schema to the latest alembic revision (safe to call from many processes)."""
@@ -646,6 +648,8 @@ class SpanStore:
                 if self.dialect == "sqlite":
                     async with self._sqlite_lock():
                         await self._write_once(batch)
+                    if self._checkpointer is not None:
+                        self._checkpointer.kick()
                 else:
                     await self._write_once(batch)
                 return
@@ -659,6 +663,8 @@ class SpanStore:
                 await asyncio.sleep(delay)
 
     async def dispose(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         await self.engine.dispose()
 
     def _sqlite_lock(self) -> asyncio.Lock:
@@ -681,6 +687,21 @@ class SpanStore:
                     # The connection may be broken: never hand it out again.
                     await conn.invalidate()
                 raise
+
+
+def _checkpointer_for(engine: AsyncEngine, url: str) -> WalCheckpointer | None:
+    """A background checkpointer for a SQLite file, with the writer's own checkpoint as a backstop."""
+    path = database_path(url)
+    if path is None:
+        return None
+    sa.event.listen(engine.sync_engine, "connect", _backstop_autocheckpoint)
+    return WalCheckpointer(path)
+
+
+def _backstop_autocheckpoint(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+    cursor.close()
 
 
 async def _driver_connection(conn: AsyncConnection):
