@@ -5,15 +5,19 @@ already stored, inserts only the others, and *adds* exactly those new rows to th
 executions' totals (cost, tokens, LLM calls). A span delivered twice is skipped the
 second time, so it is one row and counted once.
 
-Concurrency. On PostgreSQL every execution row the batch touches is written
-*first*, in id order: a stored one is upserted with ``ON CONFLICT DO UPDATE ...
-WHERE`` (which locks the row even when the WHERE is false), a new one inserted.
-Two writers racing on one execution serialise there (on the lock, or on the
-unique index of the new row), and the later one's look-up sees the earlier one's
-committed steps. Rows are always written in key order (definitions, executions, steps), so
-writers cannot deadlock each other; a deadlock or serialization failure (SQLSTATE
-40P01/40001), or a unique violation from a writer that stored the same span between
-our look-up and our insert (23505), runs the transaction again. On SQLite each batch
+Concurrency. On PostgreSQL the executions the batch touches are looked up
+first. A stored one is upserted, in id order, with ``ON CONFLICT DO UPDATE ...
+WHERE`` (which locks the row even when the WHERE is false), and later gets the
+totals its new steps add. A new one is inserted with the totals of its steps in
+the batch already in it (none of them can be stored: their foreign key needs the
+execution). Two writers racing on one execution serialise there (on the lock, or
+on the unique index of the new row), and the later one's look-up sees the
+earlier one's committed steps. Stored executions are locked in id order before
+anything new is inserted, and new rows go in key order, so writers cannot
+deadlock each other; a deadlock or
+serialization failure (SQLSTATE 40P01/40001), or a unique violation from a writer
+that stored the same execution or span between our look-up and our insert
+(23505), runs the transaction again. On SQLite each batch
 runs under ``BEGIN IMMEDIATE`` (one writer at a time, others wait up to the busy
 timeout), in WAL mode, so its look-up is exact.
 
@@ -260,6 +264,8 @@ _TOTALS = ("cost_total_usd", "input_tokens", "output_tokens", "llm_calls")
 DEF_COLUMNS = _columns(workflow_definitions)
 EXEC_COLUMNS = tuple(c for c in _columns(workflow_executions) if c.name not in _TOTALS)
 EXEC_COLUMN_NAMES = tuple(c.name for c in EXEC_COLUMNS)
+# A new execution is COPYed with its totals (PostgreSQL): the row, then these four.
+EXEC_COPY_COLUMN_NAMES = EXEC_COLUMN_NAMES + _TOTALS
 STEP_COLUMNS = _columns(step_executions)
 STEP_COLUMN_NAMES = tuple(c.name for c in STEP_COLUMNS)
 # Positions in a step row tuple (the id comes first).
@@ -424,7 +430,13 @@ def _columnar(rows: list[tuple], width: int) -> list[list[Any]]:
 
 
 async def _pg_write(pg, batch: RowBatch, before_commit=None) -> None:
-    """One transaction on an asyncpg connection."""
+    """One transaction on an asyncpg connection.
+
+    An execution not stored yet is COPYed with the totals of its steps in the batch
+    already in it: none of those steps can be stored (their foreign key needs the
+    execution), so they need no look-up, and the execution needs no UPDATE. Only
+    executions stored before are upserted (locking them) and have totals added.
+    """
     definitions = _rows(_sorted(batch.definitions), DEF_COLUMNS, sqlite=False)
     executions = _rows(_sorted(batch.executions), EXEC_COLUMNS, sqlite=False)
     steps = _rows(_sorted(batch.steps), STEP_COLUMNS, sqlite=False)
@@ -434,32 +446,43 @@ async def _pg_write(pg, batch: RowBatch, before_commit=None) -> None:
             policies = _policy_rows(batch)
             if policies:
                 await pg.execute(_PG_POLICY_SQL, *_columnar(policies, 3))
-        if executions:  # every execution the steps belong to: locked (or inserted) here, in id order
-            await _pg_write_executions(pg, executions)
-        if steps:
-            new_steps = await _pg_copy_new_steps(pg, steps)
-            totals = _totals_added(new_steps)
-            if totals:
-                await pg.execute(_PG_ADD_TOTALS_SQL, *_columnar(totals, 5))
+        new_executions, stored = await _pg_split_stored(pg, _PG_EXEC_IDS_SQL, executions) if executions else ([], [])
+        if stored:  # locked here, in id order, before any step of theirs is written
+            await pg.execute(_PG_EXEC_SQL, *_columnar(stored, len(EXEC_COLUMNS)))
+        fresh, maybe_stored = _steps_of(steps, new_executions)
+        new_steps = fresh
+        if maybe_stored:
+            new_steps = fresh + (await _pg_split_stored(pg, _PG_STEP_IDS_SQL, maybe_stored))[0]
+        if new_executions:
+            await pg.copy_records_to_table(
+                "workflow_executions", records=_with_totals(new_executions, fresh), columns=EXEC_COPY_COLUMN_NAMES
+            )
+        if new_steps:
+            await pg.copy_records_to_table("step_executions", records=new_steps, columns=STEP_COLUMN_NAMES)
+        totals = _totals_added(new_steps[len(fresh) :])
+        if totals:
+            await pg.execute(_PG_ADD_TOTALS_SQL, *_columnar(totals, 5))
         if before_commit is not None:
             await before_commit()
 
 
-async def _pg_write_executions(pg, executions: list[tuple]) -> None:
-    """Upsert the executions already stored (locking them); COPY the new ones."""
-    new, stored = await _pg_split_stored(pg, _PG_EXEC_IDS_SQL, executions)
-    if stored:
-        await pg.execute(_PG_EXEC_SQL, *_columnar(stored, len(EXEC_COLUMNS)))
-    if new:
-        await pg.copy_records_to_table("workflow_executions", records=new, columns=EXEC_COLUMN_NAMES)
+def _steps_of(steps: list[tuple], new_executions: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """(steps of the executions about to be inserted, the others), each in the given order."""
+    if not new_executions:
+        return [], steps
+    new_ids = {row[0] for row in new_executions}
+    if len(new_ids) == len({row[_EXECUTION] for row in steps} | new_ids):  # every step's execution is new
+        return steps, []
+    return [row for row in steps if row[_EXECUTION] in new_ids], [row for row in steps if row[_EXECUTION] not in new_ids]
 
 
-async def _pg_copy_new_steps(pg, steps: list[tuple]) -> list[tuple]:
-    """COPY the step rows whose span id is not stored yet; returns them."""
-    new, _ = await _pg_split_stored(pg, _PG_STEP_IDS_SQL, steps)
-    if new:
-        await pg.copy_records_to_table("step_executions", records=new, columns=STEP_COLUMN_NAMES)
-    return new
+def _with_totals(executions: list[tuple], steps: list[tuple]) -> list[tuple]:
+    """Execution rows extended with the totals that ``steps`` (all new) bring them."""
+    totals = {row[0]: row[1:] for row in _totals_added(steps)}
+    return [row + totals.get(row[0], _NO_TOTALS) for row in executions]
+
+
+_NO_TOTALS = (0.0, 0, 0, 0)
 
 
 async def _pg_split_stored(pg, ids_sql: str, rows: list[tuple]) -> tuple[list[tuple], list[tuple]]:
