@@ -264,14 +264,14 @@ _TOTALS = ("cost_total_usd", "input_tokens", "output_tokens", "llm_calls")
 DEF_COLUMNS = _columns(workflow_definitions)
 EXEC_COLUMNS = tuple(c for c in _columns(workflow_executions) if c.name not in _TOTALS)
 EXEC_COLUMN_NAMES = tuple(c.name for c in EXEC_COLUMNS)
-# A new execution is COPYed with its totals (PostgreSQL): the row, then these four.
-EXEC_COPY_COLUMN_NAMES = EXEC_COLUMN_NAMES + _TOTALS
+# A new execution is inserted with its totals: the row, then these four.
+NEW_EXEC_COLUMN_NAMES = EXEC_COLUMN_NAMES + _TOTALS
 STEP_COLUMNS = _columns(step_executions)
 STEP_COLUMN_NAMES = tuple(c.name for c in STEP_COLUMNS)
 # Positions in a step row tuple (the id comes first).
-_ID, _EXECUTION, _KIND, _ERROR, _COST, _INPUT, _OUTPUT = (
+_EXECUTION, _KIND, _ERROR, _COST, _INPUT, _OUTPUT = (
     STEP_COLUMN_NAMES.index(name)
-    for name in ("id", "execution_id", "kind", "error_type", "cost_usd", "input_tokens", "output_tokens")
+    for name in ("execution_id", "kind", "error_type", "cost_usd", "input_tokens", "output_tokens")
 )
 
 # What a newer row of an execution overwrites: the root span's view is authoritative,
@@ -455,7 +455,7 @@ async def _pg_write(pg, batch: RowBatch, before_commit=None) -> None:
             new_steps = fresh + (await _pg_split_stored(pg, _PG_STEP_IDS_SQL, maybe_stored))[0]
         if new_executions:
             await pg.copy_records_to_table(
-                "workflow_executions", records=_with_totals(new_executions, fresh), columns=EXEC_COPY_COLUMN_NAMES
+                "workflow_executions", records=_with_totals(new_executions, fresh), columns=NEW_EXEC_COLUMN_NAMES
             )
         if new_steps:
             await pg.copy_records_to_table("step_executions", records=new_steps, columns=STEP_COLUMN_NAMES)
@@ -497,16 +497,16 @@ async def _pg_split_stored(pg, ids_sql: str, rows: list[tuple]) -> tuple[list[tu
 # --------------------------------------------------------------------------- SQLite
 
 
-def _sqlite_insert_sql(table: str, columns: Sequence[_Column], conflict: str) -> str:
-    names = ", ".join(c.name for c in columns)
-    marks = ", ".join("?" for _ in columns)
-    return f"INSERT INTO {table} ({names}) VALUES ({marks}) {conflict}"
+def _sqlite_insert_sql(table: str, names: Sequence[str], conflict: str = "") -> str:
+    marks = ", ".join("?" for _ in names)
+    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks}) {conflict}".rstrip()
 
 
-_SQLITE_DEF_SQL = _sqlite_insert_sql("workflow_definitions", DEF_COLUMNS, _DEF_CONFLICT)
+_SQLITE_DEF_SQL = _sqlite_insert_sql("workflow_definitions", [c.name for c in DEF_COLUMNS], _DEF_CONFLICT)
 _SQLITE_POLICY_SQL = "UPDATE workflow_definitions SET policies = ?, updated_at = ? WHERE id = ? AND policies IS NOT ?"
-_SQLITE_EXEC_SQL = _sqlite_insert_sql("workflow_executions", EXEC_COLUMNS, _EXEC_CONFLICT)
-_SQLITE_STEP_SQL = _sqlite_insert_sql("step_executions", STEP_COLUMNS, _STEP_CONFLICT)
+_SQLITE_EXEC_SQL = _sqlite_insert_sql("workflow_executions", EXEC_COLUMN_NAMES, _EXEC_CONFLICT)
+_SQLITE_STEP_SQL = _sqlite_insert_sql("step_executions", STEP_COLUMN_NAMES, _STEP_CONFLICT)
+_SQLITE_NEW_EXEC_SQL = _sqlite_insert_sql("workflow_executions", NEW_EXEC_COLUMN_NAMES)
 _SQLITE_ADD_TOTALS_SQL = (
     "UPDATE workflow_executions SET cost_total_usd = cost_total_usd + ?, input_tokens = input_tokens + ?,"
     " output_tokens = output_tokens + ?, llm_calls = llm_calls + ? WHERE id = ?"
@@ -514,7 +514,11 @@ _SQLITE_ADD_TOTALS_SQL = (
 
 
 async def _sqlite_write(db, batch: RowBatch, before_commit=None) -> None:
-    """One ``BEGIN IMMEDIATE`` transaction on an aiosqlite connection (the only writer meanwhile)."""
+    """One ``BEGIN IMMEDIATE`` transaction on an aiosqlite connection (the only writer meanwhile).
+
+    As on PostgreSQL, a new execution is inserted with the totals of its steps in the
+    batch, and only stored executions are upserted and have totals added.
+    """
     definitions = _rows(_sorted(batch.definitions), DEF_COLUMNS, sqlite=True)
     executions = _rows(_sorted(batch.executions), EXEC_COLUMNS, sqlite=True)
     steps = _rows(_sorted(batch.steps), STEP_COLUMNS, sqlite=True)
@@ -527,14 +531,18 @@ async def _sqlite_write(db, batch: RowBatch, before_commit=None) -> None:
                 await db.executemany(
                     _SQLITE_POLICY_SQL, [(p, _sqlite_timestamp(at), i, p) for i, p, at in policies]
                 )
-        if executions:
-            await db.executemany(_SQLITE_EXEC_SQL, executions)
-        if steps:
-            steps = await _sqlite_new_steps(db, steps)
-            await db.executemany(_SQLITE_STEP_SQL, steps)
-            totals = _totals_added(steps)
-            if totals:
-                await db.executemany(_SQLITE_ADD_TOTALS_SQL, [(*t[1:], t[0]) for t in totals])
+        new_executions, stored = await _sqlite_split_stored(db, "workflow_executions", executions)
+        if stored:
+            await db.executemany(_SQLITE_EXEC_SQL, stored)
+        fresh, maybe_stored = _steps_of(steps, new_executions)
+        if new_executions:
+            await db.executemany(_SQLITE_NEW_EXEC_SQL, _with_totals(new_executions, fresh))
+        new_steps = (await _sqlite_split_stored(db, "step_executions", maybe_stored))[0]
+        if fresh or new_steps:
+            await db.executemany(_SQLITE_STEP_SQL, fresh + new_steps)
+        totals = _totals_added(new_steps)
+        if totals:
+            await db.executemany(_SQLITE_ADD_TOTALS_SQL, [(*t[1:], t[0]) for t in totals])
         if before_commit is not None:
             await before_commit()
         await db.commit()
@@ -546,15 +554,17 @@ async def _sqlite_write(db, batch: RowBatch, before_commit=None) -> None:
         raise
 
 
-async def _sqlite_new_steps(db, steps: list[tuple]) -> list[tuple]:
-    """The step rows whose span id is not stored yet (exact: no other writer runs meanwhile)."""
+async def _sqlite_split_stored(db, table: str, rows: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """(rows whose id is not in ``table``, rows whose id is): exact, no other writer runs meanwhile."""
     known: set[str] = set()
-    for start in range(0, len(steps), _CHUNK):
-        ids = [row[_ID] for row in steps[start : start + _CHUNK]]
+    for start in range(0, len(rows), _CHUNK):
+        ids = [row[0] for row in rows[start : start + _CHUNK]]
         marks = ", ".join("?" * len(ids))
-        async with db.execute(f"SELECT id FROM step_executions WHERE id IN ({marks})", ids) as cursor:
+        async with db.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", ids) as cursor:
             known.update(row[0] for row in await cursor.fetchall())
-    return [row for row in steps if row[_ID] not in known] if known else steps
+    if not known:
+        return rows, []
+    return [row for row in rows if row[0] not in known], [row for row in rows if row[0] in known]
 
 
 # --------------------------------------------------------------------------- errors
