@@ -143,7 +143,8 @@ def _json_text(value: Any) -> str | None:
             text = _orjson_dumps(value, default=str).decode()
         except TypeError:  # orjson.JSONEncodeError: a non-str key, an int beyond 64 bits
             text = None
-        if text is not None and "null" not in text and "\\u0000" not in text:
+        # A backslash is rare in this text and found by memchr: test it before the escape.
+        if text is not None and "null" not in text and ("\\" not in text or "\\u0000" not in text):
             return text
     try:
         text = _encode_json(value)
