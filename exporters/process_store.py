@@ -27,6 +27,7 @@ Select it with ``SQLSpanExporter(writer="process")`` or ``WFLO_EXPORT_WRITER=pro
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import pickle
 import selectors
@@ -101,19 +102,27 @@ class ProcessStore:
 
     # ----------------------------------------------------------------- one write in flight
 
-    def begin_write_spans(self, spans: list[SpanFields], pricing: tuple) -> None:
-        """Hand ``spans`` to the child, to map and write; ``finish_write()`` waits for the commit.
+    @staticmethod
+    def pack_spans(spans: list[SpanFields], pricing: tuple) -> bytes:
+        """The request that hands ``spans`` over, encoded (for ``begin_write_spans``).
 
         ``pricing`` is ``PriceBook.snapshot()`` of the exporter's prices (the child
-        rebuilds its book only when that changes). Meanwhile this process prepares the
-        next batch while the child writes this one: the two share no GIL. One write is
-        in flight at a time.
+        rebuilds its book only when that changes). Encoding is separate so that the
+        exporter can do it while the child still writes the previous batch.
+        """
+        return _encode(("write_spans", (spans, pricing)))
+
+    def begin_write_spans(self, request: bytes) -> None:
+        """Hand a batch (``pack_spans``) to the child, to map and write; ``finish_write()`` waits for the commit.
+
+        This process prepares the next batch while the child writes this one: the two
+        share no GIL. One write is in flight at a time.
         """
         with self._lock:
             self._settle_pending_locked()
             if self._outcome is not None:
                 raise RuntimeError("finish_write() the previous batch first")
-            self._send_locked("write_spans", (spans, pricing))
+            self._send_locked(request, "write_spans")
             self._pending = True
 
     def finish_write(self) -> bool:
@@ -189,7 +198,7 @@ class ProcessStore:
     def _call(self, op: str, *args: Any) -> Any:
         with self._lock:
             self._settle_pending_locked()  # a write in flight is answered first, and kept for its owner
-            proc = self._send_locked(op, args)
+            proc = self._send_locked(_encode((op, args)), op)
             try:
                 outcome = _receive(proc.stdout, self.timeout_s)
             except (OSError, EOFError, TimeoutError, pickle.UnpicklingError) as exc:
@@ -197,11 +206,11 @@ class ProcessStore:
                 raise WriterGone(f"the writer process failed during {op}: {exc!r}") from exc
         return _unwrap(outcome)
 
-    def _send_locked(self, op: str, args: tuple) -> subprocess.Popen:
-        """Send one request to a live child (started again if it died); the child it went to."""
+    def _send_locked(self, request: bytes, op: str) -> subprocess.Popen:
+        """Send one encoded request (``op``) to a live child (started again if it died); the child it went to."""
         proc = self._ready_locked()
         try:
-            _send(proc.stdin, (op, args))
+            _send_encoded(proc.stdin, request)
         except OSError as exc:
             self._kill()
             raise WriterGone(f"the writer process failed taking {op}: {exc!r}") from exc
@@ -259,8 +268,15 @@ def _after_fork_in_child(store: ProcessStore) -> None:
 # --------------------------------------------------------------------------- framing
 
 
+def _encode(message: Any) -> bytes:
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _send(stream: BinaryIO, message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    _send_encoded(stream, _encode(message))
+
+
+def _send_encoded(stream: BinaryIO, data: bytes) -> None:
     stream.write(_HEADER.pack(len(data)))
     stream.write(data)
     stream.flush()
@@ -351,7 +367,22 @@ def main() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the replies
+    _tune_garbage_collection()
     serve(sys.stdin.buffer, replies)
+
+
+def _tune_garbage_collection() -> None:
+    """This process is ours: collect cycles less often than the default every 700 allocations.
+
+    What it allocates (span tuples, records, row dicts and tuples) holds no cycles and is
+    freed by reference counting; the default thresholds spent ~8 % of the mapping's time
+    walking it (0.7 of 8.4 µs per span, measured unpickling, mapping and converting
+    batches of 2,048 with thresholds of 700 and 10,000). What the imports left is frozen
+    out of every collection.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 if __name__ == "__main__":

@@ -271,13 +271,18 @@ class SQLSpanExporter(SpanExporter):
         write then takes the usual path (mapped here, retries, spool). When the database
         is away, or the hand-over fails, the batch is delivered the usual way at once.
         """
+        try:  # encoded before waiting for the previous batch, which the child may still be writing
+            request = self._store.pack_spans(spans, self._prices().snapshot())
+        except Exception:
+            _log.debug("wflo-otel: could not encode the batch for the writer process", exc_info=True)
+            request = None
         with self._handoff.lock:
             self._settle_handed_locked()
-            if self._circuit_open() or self._spool_dirty:
+            if request is None or self._circuit_open() or self._spool_dirty:
                 return self._deliver(self._map_fields(spans), len(spans))
             try:
                 self._ensure_schema()
-                self._store.begin_write_spans(spans, self._prices().snapshot())
+                self._store.begin_write_spans(request)
             except Exception:
                 _log.debug("wflo-otel: hand-over to the writer process failed", exc_info=True)
                 return self._deliver(self._map_fields(spans), len(spans))
