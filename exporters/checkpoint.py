@@ -47,11 +47,12 @@ class WalCheckpointer:
 
     def kick(self) -> None:
         """Ask for a checkpoint soon (after a commit). Never blocks."""
-        if self._thread is None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():  # first kick, or a forked process (threads do not fork)
             with self._lock:
                 if self._stop:
                     return
-                if self._thread is None:
+                if self._thread is thread:
                     self._thread = threading.Thread(target=self._run, name="wflo-otel-sqlite-checkpoint", daemon=True)
                     self._thread.start()
         self._wake.set()

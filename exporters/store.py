@@ -451,16 +451,14 @@ async def _pg_write(pg, batch: RowBatch, before_commit=None) -> None:
         if stored:  # locked here, in id order, before any step of theirs is written
             await pg.execute(_PG_EXEC_SQL, *_columnar(stored, len(EXEC_COLUMNS)))
         fresh, maybe_stored = _steps_of(steps, new_executions)
-        new_steps = fresh
-        if maybe_stored:
-            new_steps = fresh + (await _pg_split_stored(pg, _PG_STEP_IDS_SQL, maybe_stored))[0]
+        added = (await _pg_split_stored(pg, _PG_STEP_IDS_SQL, maybe_stored))[0] if maybe_stored else []
         if new_executions:
             await pg.copy_records_to_table(
                 "workflow_executions", records=_with_totals(new_executions, fresh), columns=NEW_EXEC_COLUMN_NAMES
             )
-        if new_steps:
-            await pg.copy_records_to_table("step_executions", records=new_steps, columns=STEP_COLUMN_NAMES)
-        totals = _totals_added(new_steps[len(fresh) :])
+        if fresh or added:
+            await pg.copy_records_to_table("step_executions", records=fresh + added, columns=STEP_COLUMN_NAMES)
+        totals = _totals_added(added)  # the stored executions' share; the new ones carry theirs
         if totals:
             await pg.execute(_PG_ADD_TOTALS_SQL, *_columnar(totals, 5))
         if before_commit is not None:
@@ -538,10 +536,10 @@ async def _sqlite_write(db, batch: RowBatch, before_commit=None) -> None:
         fresh, maybe_stored = _steps_of(steps, new_executions)
         if new_executions:
             await db.executemany(_SQLITE_NEW_EXEC_SQL, _with_totals(new_executions, fresh))
-        new_steps = (await _sqlite_split_stored(db, "step_executions", maybe_stored))[0]
-        if fresh or new_steps:
-            await db.executemany(_SQLITE_STEP_SQL, fresh + new_steps)
-        totals = _totals_added(new_steps)
+        added = (await _sqlite_split_stored(db, "step_executions", maybe_stored))[0]
+        if fresh or added:
+            await db.executemany(_SQLITE_STEP_SQL, fresh + added)
+        totals = _totals_added(added)  # the stored executions' share; the new ones carry theirs
         if totals:
             await db.executemany(_SQLITE_ADD_TOTALS_SQL, [(*t[1:], t[0]) for t in totals])
         if before_commit is not None:

@@ -137,3 +137,24 @@ def test_the_writer_keeps_its_own_checkpoint_as_a_backstop(tmp_path):
             await store.dispose()
 
     assert asyncio.run(autocheckpoint()) == BACKSTOP_PAGES
+
+
+def test_a_kick_after_the_thread_is_gone_starts_a_new_one(tmp_path):
+    """As in a forked worker, where the parent's thread does not exist."""
+    import threading
+
+    path = tmp_path / "w.db"
+    writer = _wal_database(path, 50)
+    checkpointer = WalCheckpointer(str(path))
+    try:
+        gone = threading.Thread(target=lambda: None)
+        gone.start()
+        gone.join()
+        checkpointer._thread = gone
+        checkpointer.kick()
+        assert checkpointer._thread is not gone and checkpointer._thread.is_alive()
+        assert _wait_for(lambda: checkpointer.checkpoints >= 1)
+        assert _rows_in_main_file_alone(path, "t", tmp_path) == 50
+    finally:
+        checkpointer.close()
+        writer.close()
