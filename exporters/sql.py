@@ -271,8 +271,10 @@ class SQLSpanExporter(SpanExporter):
         write then takes the usual path (mapped here, retries, spool). When the database
         is away, or the hand-over fails, the batch is delivered the usual way at once.
         """
+        request = None
         try:  # encoded before waiting for the previous batch, which the child may still be writing
-            request = self._store.pack_spans(spans, self._prices().snapshot())
+            if not (self._circuit_open() or self._spool_dirty):  # (or it goes the usual way below)
+                request = self._store.pack_spans(spans, self._prices().snapshot())
         except Exception:
             _log.debug("wflo-otel: could not encode the batch for the writer process", exc_info=True)
             request = None

@@ -14,12 +14,13 @@ execution). Two writers racing on one execution serialise there (on the lock, or
 on the unique index of the new row), and the later one's look-up sees the
 earlier one's committed steps. Stored executions are locked in id order before
 anything new is inserted, and new rows go in key order, so writers cannot
-deadlock each other; a deadlock or
-serialization failure (SQLSTATE 40P01/40001), or a unique violation from a writer
-that stored the same execution or span between our look-up and our insert
-(23505), runs the transaction again. On SQLite each batch
-runs under ``BEGIN IMMEDIATE`` (one writer at a time, others wait up to the busy
-timeout), in WAL mode, so its look-up is exact.
+deadlock each other; a deadlock or serialization failure (SQLSTATE
+40P01/40001), or a unique violation from a writer that stored the same execution
+or span between our look-up and our insert (23505), runs the transaction again.
+On SQLite each batch runs under ``BEGIN IMMEDIATE`` (one writer at a time, others
+wait up to the busy timeout), in WAL mode, so its look-ups are exact; the same
+rule for new executions applies. A background thread checkpoints the WAL after
+each commit (``checkpoint``), so a commit does not pay for it.
 
 Speed. The rows are written through the driver connection of the SQLAlchemy pool
 with statements prepared once. On PostgreSQL, definitions and stored executions go as one
