@@ -53,8 +53,12 @@ class WalCheckpointer:
                 if self._stop:
                     return
                 if self._thread is thread:
-                    self._thread = threading.Thread(target=self._run, name="wflo-otel-sqlite-checkpoint", daemon=True)
-                    self._thread.start()
+                    started = threading.Thread(target=self._run, name="wflo-otel-sqlite-checkpoint", daemon=True)
+                    try:
+                        started.start()
+                    except RuntimeError:  # the interpreter is exiting: the writer's backstop remains
+                        return
+                    self._thread = started
         self._wake.set()
 
     def close(self, timeout_s: float = 5.0) -> None:

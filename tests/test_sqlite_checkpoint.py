@@ -158,3 +158,16 @@ def test_a_kick_after_the_thread_is_gone_starts_a_new_one(tmp_path):
     finally:
         checkpointer.close()
         writer.close()
+
+
+def test_a_kick_that_cannot_start_its_thread_does_not_raise(tmp_path, monkeypatch):
+    """At interpreter exit no thread can start: the commit that kicked must not look failed."""
+    import threading
+
+    def refuse(self):
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    checkpointer = WalCheckpointer(str(tmp_path / "w.db"))
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    checkpointer.kick()
+    assert checkpointer._thread is None
