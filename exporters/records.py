@@ -67,9 +67,12 @@ def span_fields(span: ReadableSpan) -> SpanFields:
 
 
 def record_from_fields(fields: SpanFields) -> SpanRecord:
-    trace_id, span_id, parent_id, *rest = fields
+    parent_id = fields[2]  # indexed, not star-unpacked: that builds a list for every span
     return SpanRecord(
-        format(trace_id, "032x"), format(span_id, "016x"), format(parent_id, "016x") if parent_id else None, *rest
+        format(fields[0], "032x"),
+        format(fields[1], "016x"),
+        format(parent_id, "016x") if parent_id else None,
+        *fields[3:],
     )
 
 
