@@ -178,3 +178,52 @@ def test_budget_error_is_picklable():
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.spent_usd, copy.budget_usd, copy.workflow, copy.refused) == (0.2, 0.1, "w", True)
     assert str(copy) == str(error)
+
+
+def test_manual_root_span_refused_by_its_budget_lands_as_budget_exceeded(telemetry, client):
+    tracer = trace.get_tracer("test", tracer_provider=telemetry.handle.tracer_provider)
+    with tracer.start_as_current_span("caught", attributes={"wflo.budget.usd": 0.0}):
+        with pytest.raises(BudgetExceededError):
+            _chat(client)  # refused; the application carries on
+    with pytest.raises(BudgetExceededError):
+        with tracer.start_as_current_span("uncaught", attributes={"wflo.budget.usd": 0.0}):
+            _chat(client)
+    with tracer.start_as_current_span("fine"):
+        _chat(client)
+    status = {s.name: s.attributes.get("wflo.execution.status") for s in telemetry.spans() if s.parent is None}
+    assert status == {"caught": "BUDGET_EXCEEDED", "uncaught": "BUDGET_EXCEEDED", "fine": None}
+
+
+def test_manual_span_overrun_lands_as_budget_exceeded(client):
+    exporter = InMemorySpanExporter()
+    handle = wflo_otel.configure(tracer_provider=TracerProvider(), exporter=exporter, batch=False, default_output_tokens=1)
+    try:
+        tracer = trace.get_tracer("test", tracer_provider=handle.tracer_provider)
+        with tracer.start_as_current_span("batch", attributes={"wflo.budget.usd": 0.00002, "wflo.budget.on_exceed": "record"}):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        (root,) = [s for s in exporter.get_finished_spans() if s.name == "batch"]
+        assert root.attributes["wflo.execution.status"] == "BUDGET_EXCEEDED"
+    finally:
+        handle.shutdown()
+
+
+def test_nested_workflow_without_a_budget_reports_its_own_spend(telemetry, client):
+    with wflo_otel.workflow("outer", budget_usd=1.0) as outer:
+        _chat(client)
+        with wflo_otel.workflow("inner") as inner:
+            _chat(client)
+        assert inner.remaining_usd is None
+    costs = [s.attributes["wflo.cost.usd"] for s in telemetry.llm_spans()]
+    assert inner.spent_usd == pytest.approx(costs[1]) and inner.spent_usd > 0
+    assert outer.spent_usd == pytest.approx(sum(costs))
+    (inner_span,) = telemetry.spans("invoke_workflow inner")
+    assert inner_span.attributes["wflo.execution.cost_usd"] == pytest.approx(costs[1])
+
+
+def test_nested_workflow_applies_its_own_unknown_model_policy(telemetry, client, openai_server):
+    with wflo_otel.workflow("outer", budget_usd=1.0):
+        client.chat.completions.create(model="house-model-7b", messages=MESSAGES)
+        with pytest.raises(BudgetExceededError) as caught:
+            with wflo_otel.workflow("inner", unknown_model="refuse"):
+                client.chat.completions.create(model="house-model-7b", messages=MESSAGES)
+    assert caught.value.workflow == "inner" and caught.value.unknown_price

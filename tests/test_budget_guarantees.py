@@ -229,3 +229,45 @@ def test_downstream_process_joins_the_execution_and_enforces_what_remains(spans,
     assert answer["budget_usd"] == pytest.approx(remaining_here, rel=1e-6)
     assert answer["refused"] == {"workflow": "distributed", "execution_id": wf.execution_id, "refused": True}
     assert 0 < answer["spent_usd"] <= remaining_here
+
+
+def test_a_request_for_n_choices_reserves_n_times_the_output_ceiling(spans, max_output_server):
+    """The server returns max_tokens for every one of the n choices: 8 × 1000 tokens do not fit $0.011."""
+    client = openai.OpenAI(base_url=max_output_server.base_url, api_key="k", max_retries=0)
+    before = max_output_server.request_count
+    with pytest.raises(BudgetExceededError) as caught:
+        with wflo_otel.workflow("choices", budget_usd=0.011) as wf:
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000, n=8)
+    assert caught.value.refused and max_output_server.request_count == before, "refused before sending"
+    with wflo_otel.workflow("choices", budget_usd=0.011) as wf:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000, n=1)
+    assert 0 < wf.spent_usd <= 0.011
+
+
+def test_unknown_model_refuse_holds_in_a_scope_without_a_budget(spans, client, openai_server):
+    before = openai_server.request_count
+    with pytest.raises(BudgetExceededError) as caught:
+        with wflo_otel.workflow("strict", unknown_model="refuse"):
+            client.chat.completions.create(model="house-model-7b", messages=MESSAGES)
+    assert caught.value.refused and caught.value.unknown_price and caught.value.budget_usd is None
+    assert "price is unknown" in str(caught.value)
+    assert openai_server.request_count == before
+    with wflo_otel.workflow("lenient"):  # the default policy still lets it through
+        client.chat.completions.create(model="house-model-7b", messages=MESSAGES)
+    assert openai_server.request_count == before + 1
+
+
+def test_track_llm_call_reserves_with_the_functions_default_max_tokens(spans):
+    @wflo_otel.track_llm_call(model="gpt-4o-mini")
+    def ask(prompt: str, max_tokens: int = 50):
+        return {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 100, "completion_tokens": 50}}
+
+    @wflo_otel.track_llm_call(model="gpt-4o-mini")
+    def ask_with_options(prompt: str, **options):
+        return {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 100, "completion_tokens": 50}}
+
+    # 4,096 default output tokens would be $0.0025 of gpt-4o-mini output; 50 are $0.00003.
+    with wflo_otel.workflow("small", budget_usd=0.0005) as wf:
+        ask("hello")
+        ask_with_options("hello", max_tokens=50)
+    assert wf.spent_usd == pytest.approx(2 * (100 * 0.15e-6 + 50 * 0.6e-6))

@@ -46,3 +46,43 @@ def test_budget_refusals_are_counted(telemetry, client):
     (event,) = telemetry.metric_points("wflo.budget.events")
     assert event.value == 1
     assert event.attributes == {"gen_ai.workflow.name": "capped", "wflo.budget.event": "refused"}
+
+
+def _calls(reader) -> int:
+    data = reader.get_metrics_data()
+    return sum(
+        point.value
+        for rm in (data.resource_metrics if data else [])
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "wflo.llm.calls"
+        for point in metric.data.data_points
+    )
+
+
+def test_counters_keep_counting_across_shutdown_and_configure_on_one_meter_provider(client):
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    for _ in range(2):
+        handle = wflo_otel.configure(tracer_provider=TracerProvider(), meter_provider=meter_provider, exporter=False)
+        try:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        finally:
+            handle.shutdown()
+    assert _calls(reader) == 4
+
+
+def test_tracked_calls_count_on_the_configured_meter_provider(telemetry):
+    @wflo_otel.track_llm_call(model="gpt-4o-mini")
+    def ask(prompt: str):
+        return {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+
+    ask("a"), ask("b")
+    assert _calls(telemetry.metric_reader) == 2
+    (cost,) = telemetry.metric_points("wflo.llm.cost")
+    assert cost.value == pytest.approx(2 * (10 * 0.15e-6 + 5 * 0.6e-6))

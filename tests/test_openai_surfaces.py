@@ -216,21 +216,63 @@ def test_with_raw_response_parse_is_one_span(telemetry, client):
     assert_chat_usage(one_span(telemetry), completion.usage)
 
 
-def test_with_raw_response_stream_records_usage_from_the_parsed_stream(telemetry, client):
+def test_with_raw_response_stream_is_sent_as_written_and_ends_with_no_usage(telemetry, client, openai_server):
+    # The reader of a raw response may read its bytes, where no extra usage event could
+    # be hidden: the request goes out as the user wrote it, without a usage request.
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    assert "stream_options" not in openai_server.requests[-1]
     assert llm_spans(telemetry) == []
     chunks = list(raw.parse())
     assert chunks and all(chunk.choices for chunk in chunks)
     span = one_span(telemetry)
-    assert span.attributes["gen_ai.usage.output_tokens"] > 0
+    assert "gen_ai.usage.output_tokens" not in span.attributes
+    assert span.attributes["wflo.cost.source"] == "no-usage"
+    assert span.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+
+
+def test_with_raw_response_stream_records_the_usage_the_user_asked_for(telemetry, client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(raw.parse())
+    assert chunks[-1].usage is not None and chunks[-1].choices == []  # the user's own usage chunk, not hidden
+    span = one_span(telemetry)
+    assert span.attributes["gen_ai.usage.output_tokens"] == chunks[-1].usage.completion_tokens
     assert_priced(span)
 
 
-async def test_async_with_raw_response_stream_records_usage(telemetry, async_client):
-    raw = await async_client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+async def test_async_with_raw_response_stream_records_the_usage_the_user_asked_for(telemetry, async_client):
+    raw = await async_client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
     chunks = [chunk async for chunk in raw.parse()]
-    assert chunks and all(chunk.choices for chunk in chunks)
+    assert chunks[-1].usage is not None
     assert_priced(one_span(telemetry))
+
+
+def _sse_events(response) -> list:
+    """The server-sent events a raw reader sees, less the per-response id and timestamp."""
+    events = []
+    for line in response.iter_lines():
+        if line.startswith("data: {"):
+            event = json.loads(line[len("data: "):])
+            event.pop("id"), event.pop("created")
+            events.append(event)
+        elif line:
+            events.append(line)
+    return events
+
+
+def test_with_streaming_response_lines_are_exactly_what_the_uninstrumented_client_reads(telemetry, client):
+    create = client.chat.completions.with_streaming_response.create
+    with suppress_instrumentation():
+        with create(model="gpt-4o-mini", messages=MESSAGES, stream=True) as response:
+            expected = _sse_events(response)
+    with create(model="gpt-4o-mini", messages=MESSAGES, stream=True) as response:
+        events = _sse_events(response)
+    assert events == expected
+    assert events[-1] == "data: [DONE]" and all(event["choices"] for event in events[:-1])
+    assert one_span(telemetry).attributes["wflo.cost.source"] == "no-usage"
 
 
 def test_with_streaming_response_records_usage_when_parsed(telemetry, client):
@@ -255,12 +297,12 @@ def test_with_streaming_response_never_read_ends_its_span_on_close_without_readi
     assert not response.http_response.is_stream_consumed, "we must not read what the user did not"
 
 
-def test_with_streaming_response_stream_records_usage(telemetry, client):
+def test_with_streaming_response_stream_records_the_usage_the_user_asked_for(telemetry, client):
     with client.chat.completions.with_streaming_response.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=True
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
     ) as response:
         chunks = list(response.parse())
-    assert all(chunk.choices for chunk in chunks)
+    assert chunks[-1].usage is not None and all(chunk.choices for chunk in chunks[:-1])
     assert_priced(one_span(telemetry))
 
 
@@ -790,3 +832,103 @@ def test_content_capture_records_legacy_completion_prompt_and_text(capturing_exp
     assert _messages(span, "gen_ai.output.messages")[0]["parts"] == [
         {"type": "text", "content": completion.choices[0].text}
     ]
+
+
+class StrictTicket(BaseModel):
+    title: str
+    priority: int
+    assignee: str  # the server's answer has no assignee: parsing it fails after the API billed
+
+
+def test_parse_failing_on_the_answer_raises_unchanged_and_keeps_the_worst_case_charged(telemetry):
+    import pydantic
+
+    http = _http_module()
+    answer = {
+        "id": "chatcmpl-strict", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": '{"title": "x", "priority": 1}'}}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 8, "total_tokens": 17},
+    }
+    client = _mock_client(lambda request: http.Response(200, json=answer))
+    with wflo_otel.workflow("mismatch", budget_usd=1.0) as wf:
+        with pytest.raises(pydantic.ValidationError):
+            client.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES, response_format=StrictTicket)
+        spent = wf.spent_usd
+    span = one_span(telemetry)
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "ValidationError"
+    assert span.attributes["wflo.cost.source"] == "no-usage"
+    worst_case = default_pricebook().max_cost("gpt-4o-mini", 0, 4096)  # the default output ceiling
+    assert spent >= worst_case > 0, "the answer was billed: its reservation is not given back"
+
+
+def test_an_api_error_gives_the_reservation_back(telemetry):
+    http = _http_module()
+    client = _mock_client(lambda request: http.Response(500, json={"error": {"message": "boom", "type": "server_error"}}))
+    with wflo_otel.workflow("api-error", budget_usd=1.0) as wf:
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=50)
+        assert wf.spent_usd == 0.0
+    assert "wflo.cost.source" not in one_span(telemetry).attributes
+
+
+def _azure_client(handler):
+    http = _http_module()
+    return openai.AzureOpenAI(
+        api_key="k", azure_endpoint="https://example.openai.azure.com", api_version="2024-10-21",
+        azure_deployment="prod-chat", max_retries=0, http_client=http.Client(transport=http.MockTransport(handler)),
+    )
+
+
+def test_azure_stream_opening_with_a_content_filter_chunk_is_priced_by_the_real_model(telemetry):
+    http = _http_module()
+    filter_chunk = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]}
+    base = {"id": "chatcmpl-az", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini-2024-07-18"}
+    events = [
+        filter_chunk,
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]},
+        {**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}},
+    ]
+    body = ("".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n").encode()
+    client = _azure_client(lambda request: http.Response(200, headers={"content-type": "text/event-stream"}, content=body))
+    with wflo_otel.workflow("azure", budget_usd=1.0) as wf:
+        chunks = list(client.chat.completions.create(model="prod-chat", messages=MESSAGES, stream=True))
+    assert len(chunks) == 2, "the filter chunk is the user's; the usage chunk we asked for is hidden"
+    span = one_span(telemetry)
+    assert span.attributes["gen_ai.response.id"] == "chatcmpl-az"
+    assert span.attributes["gen_ai.response.model"] == "gpt-4o-mini-2024-07-18"
+    assert_priced(span)
+    assert wf.spent_usd == pytest.approx(span.attributes["wflo.cost.usd"])
+
+
+def test_a_str_enum_model_names_the_span_by_the_value_the_sdk_sends(telemetry, client):
+    import enum
+
+    class Model(str, enum.Enum):
+        MINI = "gpt-4o-mini"
+
+    client.chat.completions.create(model=Model.MINI, messages=MESSAGES)
+    span = one_span(telemetry)
+    assert span.name == "chat gpt-4o-mini"
+    assert type(span.attributes["gen_ai.request.model"]) is str and span.attributes["gen_ai.request.model"] == "gpt-4o-mini"
+
+
+def test_a_request_the_estimate_cannot_measure_is_still_traced_and_charged(telemetry, client, openai_server):
+    class Unmeasurable:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+        def model_dump(self, **kwargs):  # what the SDK sends instead
+            return {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+
+    with wflo_otel.workflow("odd", budget_usd=1.0) as wf:
+        try:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, tools=[Unmeasurable()])
+        except Exception:
+            pass  # whatever the SDK makes of the odd argument, it is the SDK's own outcome
+    (span,) = telemetry.llm_spans()
+    assert span.end_time is not None
+    assert telemetry.handle.budget_processor.open_spans == 0
+    assert wf.spent_usd == pytest.approx(span.attributes.get("wflo.cost.usd", 0.0))

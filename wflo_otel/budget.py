@@ -56,6 +56,8 @@ class Scope:
         "overran",
         "refusals",
         "unknown_model",
+        "enforces",
+        "span",
     )
 
     def __init__(
@@ -66,8 +68,10 @@ class Scope:
         budget_usd: float | None,
         on_exceed: str = ON_EXCEED_RAISE,
         unknown_model: str = UNKNOWN_MODEL_ALLOW,
+        span: Span | None = None,
     ) -> None:
         self.span_id = span_id
+        self.span = span  # the span that opened the scope: it is told when the scope is exceeded
         self.name = name
         self.execution_id = execution_id
         self.budget_usd = budget_usd
@@ -77,6 +81,9 @@ class Scope:
         self.reserved_usd = 0.0
         self.overran = False
         self.refusals = 0
+        # Whether a call in this scope must be checked before it is sent: a budget to fit,
+        # or models without a price to refuse. Scopes that do neither only account.
+        self.enforces = budget_usd is not None or unknown_model == UNKNOWN_MODEL_REFUSE
 
     @property
     def remaining_usd(self) -> float | None:
@@ -88,6 +95,14 @@ class Scope:
     def exceeded(self) -> bool:
         """True once the scope overran, or refused a call because it was exhausted."""
         return self.overran or self.refusals > 0
+
+    def _mark_exceeded(self) -> None:
+        """Say so on the scope's span, as ``workflow()`` does when it ends: a manual span
+        or a zero-code root then lands as ``BUDGET_EXCEEDED`` too. Rare (a refusal, a first
+        overrun), so it costs the call path nothing."""
+        span = self.span
+        if span is not None and span.is_recording():
+            span.set_attribute(A.WFLO_EXECUTION_STATUS, A.STATUS_BUDGET_EXCEEDED)
 
     def __repr__(self) -> str:
         return (
@@ -120,32 +135,21 @@ class Ledger:
         """Hold ``amount`` on every budgeted scope of ``chain`` or raise without holding anything.
 
         ``amount`` None means the model's price is unknown: scopes with
-        ``unknown_model="refuse"`` refuse the call, the others hold nothing for it.
+        ``unknown_model="refuse"`` refuse the call (budget or not), the others hold
+        nothing for it.
         """
         unknown = amount is None
         if unknown:
             amount = 0.0
         with self._lock:
             for scope in chain:
+                if unknown and scope.unknown_model == UNKNOWN_MODEL_REFUSE:
+                    raise _refusal(scope, None)
                 budget = scope.budget_usd
                 if budget is None:
                     continue
-                committed = scope.spent_usd + scope.reserved_usd
-                if (
-                    committed + amount > budget + _EPSILON
-                    or scope.spent_usd >= budget
-                    or (unknown and scope.unknown_model == UNKNOWN_MODEL_REFUSE)
-                ):
-                    scope.refusals += 1
-                    raise BudgetExceededError(
-                        scope.spent_usd,
-                        budget,
-                        workflow=scope.name,
-                        execution_id=scope.execution_id,
-                        reserved_usd=scope.reserved_usd,
-                        requested_usd=None if unknown else amount,
-                        refused=True,
-                    )
+                if scope.spent_usd + scope.reserved_usd + amount > budget + _EPSILON or scope.spent_usd >= budget:
+                    raise _refusal(scope, amount)
             for scope in chain:
                 scope.reserved_usd += amount
         return Reservation(chain, amount)
@@ -165,7 +169,9 @@ class Ledger:
                 scope.spent_usd += actual_usd
                 budget = scope.budget_usd
                 if budget is not None and scope.spent_usd > budget + _EPSILON:
-                    scope.overran = True
+                    if not scope.overran:
+                        scope.overran = True
+                        scope._mark_exceeded()
                     if scope.on_exceed == ON_EXCEED_RAISE:
                         over = scope
         return over
@@ -181,6 +187,22 @@ class Ledger:
     def charge(self, chain: Chain, amount: float) -> None:
         """Add the cost of a call that was not reserved (spans of other instrumentations)."""
         self.settle(Reservation(chain, 0.0), amount)
+
+
+def _refusal(scope: Scope, requested_usd: float | None) -> BudgetExceededError:
+    """Count a refusal on the scope; ``requested_usd`` None: the model has no known price."""
+    scope.refusals += 1
+    scope._mark_exceeded()
+    return BudgetExceededError(
+        scope.spent_usd,
+        scope.budget_usd,
+        workflow=scope.name,
+        execution_id=scope.execution_id,
+        reserved_usd=scope.reserved_usd,
+        requested_usd=requested_usd,
+        refused=True,
+        unknown_price=requested_usd is None,
+    )
 
 
 def overrun_error(scope: Scope) -> BudgetExceededError:
@@ -291,15 +313,18 @@ class BudgetSpanProcessor(SpanProcessor):
         attrs = span.attributes or {}
         span_id = span.context.span_id
         budget = _as_budget(attrs.get(A.WFLO_BUDGET_USD))
+        # A nested workflow is a scope even without a budget: it reports its own spend
+        # and applies its own unknown-model policy.
+        opens_scope = budget is not None or attrs.get(A.GEN_AI_OPERATION_NAME) == A.OPERATION_INVOKE_WORKFLOW
         if parent_entry is not None:
             parent_chain = parent_entry[0]
-            chain = parent_chain + (self._nested_scope(span, attrs, budget, parent_chain),) if budget is not None else parent_chain
+            chain = parent_chain + (self._nested_scope(span, attrs, budget, parent_chain),) if opens_scope else parent_chain
         else:
             joined = self._joined_scope(span, parent, parent_context)
             if joined is None:
                 chain = (self._new_execution(span, attrs, budget),)
                 span.set_attribute(A.WFLO_EXECUTION_ROOT, True)
-            elif budget is not None:
+            elif opens_scope:
                 chain = (joined, self._nested_scope(span, attrs, budget, (joined,)))
             else:
                 chain = (joined,)
@@ -310,7 +335,7 @@ class BudgetSpanProcessor(SpanProcessor):
         if self._starts % _EVICT_EVERY == 0:
             self.evict_expired()
 
-    def _nested_scope(self, span: Span, attrs, budget: float, parent_chain: Chain) -> Scope:
+    def _nested_scope(self, span: Span, attrs, budget: float | None, parent_chain: Chain) -> Scope:
         inner = parent_chain[-1]
         return Scope(
             span.context.span_id,
@@ -319,6 +344,7 @@ class BudgetSpanProcessor(SpanProcessor):
             budget,
             _policy(attrs, A.WFLO_BUDGET_ON_EXCEED, _ON_EXCEED, inner.on_exceed),
             _policy(attrs, A.WFLO_BUDGET_UNKNOWN_MODEL, _UNKNOWN_MODEL, inner.unknown_model),
+            span,
         )
 
     def _joined_scope(self, span: Span, parent, parent_context: Context | None) -> Scope | None:
@@ -337,6 +363,7 @@ class BudgetSpanProcessor(SpanProcessor):
             remaining,
             self.default_on_exceed,
             self.default_unknown_model,
+            span,
         )
 
     def _new_execution(self, span: Span, attrs, budget: float | None) -> Scope:
@@ -356,6 +383,7 @@ class BudgetSpanProcessor(SpanProcessor):
             budget,
             _policy(attrs, A.WFLO_BUDGET_ON_EXCEED, _ON_EXCEED, self.default_on_exceed),
             _policy(attrs, A.WFLO_BUDGET_UNKNOWN_MODEL, _UNKNOWN_MODEL, self.default_unknown_model),
+            span,
         )
 
     def _charge_foreign(self, chain: Chain, attrs) -> None:

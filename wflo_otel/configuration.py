@@ -88,6 +88,7 @@ class Handle:
     instrumentor: Any
     slot: ProcessorSlot
     owns_budget: bool = True  # False when it adopted the zero-code distro's processor
+    meter_provider: Any = None  # what configure() was given; None: the global one
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.slot.force_flush(timeout_millis)
@@ -176,7 +177,9 @@ def configure(
         instrumentor = None
         if instrument_openai:
             instrumentor = _instrument_openai(provider, meter_provider, pricebook, budget, default_output_tokens)
-        _handle = Handle(provider, budget, span_exporter, span_processor, pricebook, instrumentor, slot)
+        _handle = Handle(
+            provider, budget, span_exporter, span_processor, pricebook, instrumentor, slot, meter_provider=meter_provider
+        )
         return _handle
 
 

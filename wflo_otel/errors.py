@@ -8,19 +8,23 @@ class BudgetExceededError(Exception):
 
     ``refused`` is True when the call was stopped before anything was sent (its
     worst-case cost did not fit what remains); False when a call that was sent
-    pushed the scope over its budget after it returned.
+    pushed the scope over its budget after it returned. ``unknown_price`` is True
+    when the call was refused because its model has no known price and the scope
+    says ``unknown_model="refuse"``; ``budget_usd`` is then None if the scope has
+    no budget.
     """
 
     def __init__(
         self,
         spent_usd: float,
-        budget_usd: float,
+        budget_usd: float | None,
         *,
         workflow: str | None = None,
         execution_id: str | None = None,
         reserved_usd: float = 0.0,
         requested_usd: float | None = None,
         refused: bool = False,
+        unknown_price: bool = False,
     ) -> None:
         self.spent_usd = spent_usd
         self.budget_usd = budget_usd
@@ -29,12 +33,15 @@ class BudgetExceededError(Exception):
         self.reserved_usd = reserved_usd
         self.requested_usd = requested_usd
         self.refused = refused
+        self.unknown_price = unknown_price
         super().__init__(self._message())
 
     def _message(self) -> str:
         scope = f"workflow {self.workflow!r}" if self.workflow else "budget scope"
         if self.execution_id:
             scope += f" (execution {self.execution_id})"
+        if self.unknown_price:
+            return f"{scope}: refused before sending — the model's price is unknown (unknown_model='refuse')"
         if self.refused:
             need = f"${self.requested_usd:.6f}" if self.requested_usd is not None else "a call"
             return (
@@ -43,7 +50,7 @@ class BudgetExceededError(Exception):
                 f"reserved in flight ${self.reserved_usd:.6f})"
             )
         return (
-            f"{scope}: spent ${self.spent_usd:.6f} exceeds budget ${self.budget_usd:.6f}"
+            f"{scope}: spent ${self.spent_usd:.6f} exceeds budget ${self.budget_usd or 0.0:.6f}"
         )
 
     def __reduce__(self):  # keep the error picklable (multiprocessing, task queues)
@@ -57,11 +64,12 @@ class BudgetExceededError(Exception):
                 self.reserved_usd,
                 self.requested_usd,
                 self.refused,
+                self.unknown_price,
             ),
         )
 
 
-def _rebuild(spent, budget, workflow, execution_id, reserved, requested, refused):
+def _rebuild(spent, budget, workflow, execution_id, reserved, requested, refused, unknown_price=False):
     return BudgetExceededError(
         spent,
         budget,
@@ -70,6 +78,7 @@ def _rebuild(spent, budget, workflow, execution_id, reserved, requested, refused
         reserved_usd=reserved,
         requested_usd=requested,
         refused=refused,
+        unknown_price=unknown_price,
     )
 
 

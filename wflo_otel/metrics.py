@@ -14,6 +14,7 @@ call pays for three measurements: its duration and its two token counts.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Iterable
 
 from opentelemetry import metrics
@@ -31,7 +32,29 @@ _TOKEN_TYPES = (("input", _INPUT), ("output", _OUTPUT), ("cache_read", _CACHE_RE
 
 
 class GenAIMetrics:
-    """The instruments, created once per meter provider."""
+    """The instruments, created once per meter provider: use :meth:`for_provider`.
+
+    A meter provider keeps the first callbacks registered under an observable
+    instrument's name and ignores later ones, so a second instance on the same
+    provider would count calls nobody observes.
+    """
+
+    _instances: "weakref.WeakKeyDictionary[metrics.MeterProvider, GenAIMetrics]" = weakref.WeakKeyDictionary()
+    _instances_lock = threading.Lock()
+
+    @classmethod
+    def for_provider(cls, meter_provider: metrics.MeterProvider | None = None) -> "GenAIMetrics":
+        """The instance of ``meter_provider`` (default: the global one), shared by every caller.
+
+        Re-instrumenting, ``configure()`` after ``shutdown()`` and ``track_llm_call`` beside
+        the OpenAI instrumentation all count into the same counters.
+        """
+        provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+        with cls._instances_lock:
+            instance = cls._instances.get(provider)
+            if instance is None:
+                instance = cls._instances[provider] = cls(provider)
+            return instance
 
     def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
         from . import __version__

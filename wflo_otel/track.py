@@ -20,11 +20,11 @@ from .instrumentation.openai.parsing import field, response_attributes, usage_fr
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_cached: tuple[object, Telemetry] | None = None
+_cached: tuple[object, object, Telemetry] | None = None
 
 
 def _telemetry() -> Telemetry:
-    """Telemetry bound to the provider and prices configure() set up (cached per provider)."""
+    """Telemetry bound to the providers and prices configure() set up (cached per configuration)."""
     global _cached
     from . import __version__
     from .configuration import current_handle, tracer_provider
@@ -32,21 +32,26 @@ def _telemetry() -> Telemetry:
     from .pricing import default_pricebook
 
     provider = tracer_provider()
-    cached = _cached
-    if cached is not None and cached[0] is provider:
-        return cached[1]
     handle = current_handle()
+    cached = _cached
+    if cached is not None and cached[0] is provider and cached[1] is handle:
+        return cached[2]
     tel = Telemetry(
         tracer=trace.get_tracer("wflo_otel.track", __version__, tracer_provider=provider),
-        metrics=GenAIMetrics(),
+        metrics=GenAIMetrics.for_provider(handle.meter_provider if handle is not None else None),
         pricebook=handle.pricebook if handle is not None else default_pricebook(),
     )
-    _cached = (provider, tel)
+    _cached = (provider, handle, tel)
     return tel
 
 
 def _start(model: str | None, operation: str, signature: inspect.Signature, args, kwargs) -> LLMCall:
-    request = dict(signature.bind_partial(*args, **kwargs).arguments)
+    bound = signature.bind_partial(*args, **kwargs)
+    bound.apply_defaults()  # a max_tokens=50 default caps the call as much as a passed one
+    request = dict(bound.arguments)
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:  # **options: their keys are the request's
+            request.update(request.pop(name, None) or {})
     if model is not None:
         request["model"] = model
     return begin(_telemetry(), operation, None, request)

@@ -31,7 +31,7 @@ from ...errors import BudgetExceededError
 from ...metrics import GenAIMetrics
 from ...pricing import default_pricebook
 from .call import LLMCall, Telemetry, begin, in_llm_call
-from .parsing import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Shape, ask_for_stream_usage, read_json_body
+from .parsing import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Shape, ask_for_stream_usage, is_raw_request, read_json_body
 from .streams import (
     APIResponseProxy,
     AsyncAPIResponseProxy,
@@ -118,7 +118,7 @@ class OpenAIInstrumentor(BaseInstrumentor):
         _load_sdk_types()
         _state.tel = Telemetry(
             tracer=trace.get_tracer(__name__, __version__, tracer_provider=kwargs.get("tracer_provider")),
-            metrics=GenAIMetrics(kwargs.get("meter_provider")),
+            metrics=GenAIMetrics.for_provider(kwargs.get("meter_provider")),
             pricebook=kwargs.get("pricebook") or default_pricebook(),
             processor=kwargs.get("budget_processor"),
             default_output_tokens=kwargs.get("default_output_tokens") or 4096,
@@ -170,16 +170,28 @@ def _start(tel: Telemetry, shape: Shape, instance: Any, kwargs: dict[str, Any]) 
     """Start the call; for streams, ask the API for usage if the user did not (and remember to hide it).
 
     Returns ``(None, False)`` if the instrumentation itself failed: the call then goes
-    out uninstrumented rather than break the application.
+    out uninstrumented (and its request as written) rather than break the application.
+    Raw responses (``.with_raw_response`` / ``.with_streaming_response``) are not asked
+    for usage: their reader may read the bytes, where no extra event can be hidden.
     """
     try:
-        hide_usage_chunk = shape.include_usage and kwargs.get("stream") is True and ask_for_stream_usage(kwargs)
-        return begin(tel, shape.operation, instance, kwargs, shape), hide_usage_chunk
+        call = begin(tel, shape.operation, instance, kwargs, shape)
     except BudgetExceededError:
         raise
     except Exception:
         _log.debug("wflo-otel: could not instrument OpenAI call", exc_info=True)
         return None, False
+    try:
+        hide_usage_chunk = (
+            shape.include_usage
+            and kwargs.get("stream") is True
+            and not is_raw_request(kwargs)
+            and ask_for_stream_usage(kwargs)
+        )
+    except Exception:
+        _log.debug("wflo-otel: could not ask for stream usage", exc_info=True)
+        hide_usage_chunk = False
+    return call, hide_usage_chunk
 
 
 def _outcome(tel: Telemetry, call: LLMCall, shape: Shape, result: Any, hide: bool, kwargs: dict[str, Any]) -> Any:

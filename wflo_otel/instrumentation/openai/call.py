@@ -32,6 +32,8 @@ from .parsing import (
     field,
     materialize_inputs,
     output_ceiling,
+    output_choices,
+    raised_after_answer,
     request_attributes,
     usage_from,
 )
@@ -171,9 +173,11 @@ class LLMCall:
     def fail(self, exc: BaseException) -> None:
         """The client raised (or we refused): end the span as ERROR.
 
-        The reservation is released — unless the exception carries a response the
-        API billed (``LengthFinishReasonError`` from ``.parse()``): that cost is
-        recorded and settled, without raising anything but the original exception.
+        The reservation is released — unless the API answered before the exception
+        (``.parse()`` failing on the answer): a response the exception carries
+        (``LengthFinishReasonError``) is recorded and settled; one it does not carry
+        keeps the worst case charged, as a stream whose usage was never seen does.
+        Nothing but the original exception is raised.
         """
         if self.ended:
             return
@@ -183,17 +187,20 @@ class LLMCall:
             span = self.span
             usage, attrs = billed_response_of(exc)
             cost_usd = None
+            billed = usage is not None or raised_after_answer(exc)
             if usage is not None:
                 cost_usd = self._usage_attributes(attrs, usage, attrs.get(A.GEN_AI_RESPONSE_MODEL) or self.model)
+            elif billed:
+                attrs[A.WFLO_COST_SOURCE] = "no-usage"
             attrs[A.ERROR_TYPE] = error_type
             span.set_attributes(attrs)
             span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
             span.record_exception(exc)
             if self.reservation is not None:
-                if usage is None:
-                    self.tel.processor.ledger.release(self.reservation)
-                else:
+                if billed:
                     self._settle(cost_usd)  # an overrun is recorded on the scope; the original error propagates
+                else:
+                    self.tel.processor.ledger.release(self.reservation)
             self._record_metrics(usage, cost_usd, error_type, attrs.get(A.GEN_AI_RESPONSE_MODEL) or self.model)
         except Exception:
             _log.debug("wflo-otel: failed to record LLM error", exc_info=True)
@@ -269,6 +276,8 @@ def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any],
     sent when the call cannot fit; its span is then ended as ERROR with ``wflo.budget.refused``.
     """
     model = kwargs.get("model")
+    if type(model) is not str and isinstance(model, str):  # a str Enum: the value the SDK sends
+        model = str.__str__(model)
     attributes = {
         A.GEN_AI_OPERATION_NAME: operation,
         A.GEN_AI_PROVIDER_NAME: A.PROVIDER_OPENAI,
@@ -294,18 +303,31 @@ def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any],
     if processor is not None:
         chain = processor.chain_of(span.get_span_context().span_id)
         if chain:
-            if any(scope.budget_usd is not None for scope in chain):
+            if any(scope.enforces for scope in chain):
                 _reserve(call, processor, chain, kwargs, shape.has_output)
             else:  # nothing to enforce, but the scopes still account what they spend
                 call.reservation = Reservation(chain, 0.0)
     return call
 
 
-def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any], has_output: bool = True) -> None:
+def _worst_case(call: LLMCall, kwargs: dict[str, Any], has_output: bool) -> float | None:
+    """What the call may cost at most, in USD (None: the model has no known price)."""
     materialize_inputs(kwargs)
-    # Embeddings produce no output tokens: only their input is reserved.
-    ceiling = (output_ceiling(kwargs) or call.tel.default_output_tokens) if has_output else 0
-    amount = call.tel.pricebook.max_cost(call.model, estimate_input_tokens(kwargs), ceiling)  # None: unknown price
+    # Embeddings produce no output tokens: only their input is reserved. The ceiling
+    # caps each choice, so a request for n of them may produce n times as much.
+    if has_output:
+        ceiling = (output_ceiling(kwargs) or call.tel.default_output_tokens) * output_choices(kwargs)
+    else:
+        ceiling = 0
+    return call.tel.pricebook.max_cost(call.model, estimate_input_tokens(kwargs), ceiling)
+
+
+def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any], has_output: bool = True) -> None:
+    try:
+        amount = _worst_case(call, kwargs, has_output)
+    except Exception:  # a request we cannot measure still goes out, traced; its cost is charged when it ends
+        _log.warning("wflo-otel: could not estimate a call's worst case; reserving nothing for it", exc_info=True)
+        amount = 0.0
     try:
         call.reservation = processor.ledger.reserve(chain, amount)
     except BudgetExceededError as exc:

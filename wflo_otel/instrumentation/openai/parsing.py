@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -111,6 +112,33 @@ def output_ceiling(kwargs: Mapping[str, Any]) -> int | None:
         if type(value) is int:
             return value
     return None
+
+
+def output_choices(kwargs: Mapping[str, Any]) -> int:
+    """How many completions the output ceiling applies to: ``max_tokens`` caps each choice.
+
+    ``n`` choices (and the legacy API's ``best_of``, generated and billed even when
+    fewer are returned), for each prompt of a batched legacy completion.
+    """
+    count = 1
+    for key in ("n", "best_of"):
+        value = kwargs.get(key)
+        if type(value) is int and value > count:
+            count = value
+    prompt = kwargs.get("prompt")
+    if type(prompt) is list and len(prompt) > 1 and type(prompt[0]) is not int:  # a list of ints is one prompt
+        count *= len(prompt)
+    return count
+
+
+# The header the SDK's ``.with_raw_response`` / ``.with_streaming_response`` set on their request.
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+
+
+def is_raw_request(kwargs: Mapping[str, Any]) -> bool:
+    """True for a call made through ``.with_raw_response`` / ``.with_streaming_response``."""
+    headers = kwargs.get("extra_headers")
+    return headers is not None and isinstance(headers, Mapping) and _RAW_RESPONSE_HEADER in headers
 
 
 def ask_for_stream_usage(kwargs: dict[str, Any]) -> bool:
@@ -262,6 +290,21 @@ def billed_response_of(exc: BaseException) -> tuple[Usage | None, dict[str, Any]
         return None, {}
 
 
+def raised_after_answer(exc: BaseException) -> bool:
+    """True when the API answered (and billed) and the SDK raised on reading the answer.
+
+    ``.parse()`` raises ``LengthFinishReasonError`` / ``ContentFilterFinishReasonError``
+    (an ``OpenAIError`` that is no ``APIError``: nothing failed on the wire) or, when
+    the answer does not fit the user's model, pydantic's ``ValidationError``. Only the
+    first carries the completion on every openai line; for the others the cost is unseen.
+    """
+    openai = sys.modules.get("openai")
+    if openai is not None and isinstance(exc, openai.OpenAIError):
+        return not isinstance(exc, openai.APIError)
+    pydantic = sys.modules.get("pydantic")
+    return pydantic is not None and isinstance(exc, pydantic.ValidationError)
+
+
 def read_json_body(http_response: Any) -> Any:
     """The JSON body an SDK raw response already holds, or None if it was not read (or is not JSON)."""
     try:
@@ -317,9 +360,10 @@ class ChatStreamState:
                     usage = field(chunk, "usage")
                     choices = field(chunk, "choices")
                     getter = _field_or_none
-            if self.response_id is None:
-                self.response_id = getter(chunk, "id", None)
-                self.model = getter(chunk, "model", None)
+            if not (self.response_id and self.model):
+                # Azure opens with a content-filter chunk whose id and model are "".
+                self.response_id = getter(chunk, "id", None) or self.response_id
+                self.model = getter(chunk, "model", None) or self.model
             if usage is not None:
                 self.usage_obj = usage
                 tier = getter(chunk, "service_tier", None)
@@ -363,9 +407,9 @@ class ChatStreamState:
 
     def attributes(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {}
-        if isinstance(self.response_id, str):
+        if self.response_id and isinstance(self.response_id, str):
             attrs[A.GEN_AI_RESPONSE_ID] = self.response_id
-        if isinstance(self.model, str):
+        if self.model and isinstance(self.model, str):
             attrs[A.GEN_AI_RESPONSE_MODEL] = self.model
         if self.service_tier:
             attrs[A.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER] = self.service_tier
@@ -642,7 +686,7 @@ def _text_bound(value: Any) -> int:
     # Runs before every budgeted call: plain loops and exact type checks first, since
     # messages are almost always lists of dicts of strings.
     if type(value) is str:
-        return len(value) if value.isascii() else len(value.encode())
+        return len(value) if value.isascii() else _utf8_length(value)
     # A list is no Mapping, and the ABC's isinstance costs more than a whole message.
     if type(value) is dict or (type(value) is not list and isinstance(value, Mapping)):
         part_type = value.get("type")
@@ -651,7 +695,7 @@ def _text_bound(value: Any) -> int:
         total = _MESSAGE_OVERHEAD_TOKENS
         for item in value.values():
             if type(item) is str:
-                total += len(item) if item.isascii() else len(item.encode())
+                total += len(item) if item.isascii() else _utf8_length(item)
             else:
                 total += _text_bound(item)
         return total
@@ -661,7 +705,13 @@ def _text_bound(value: Any) -> int:
             total += _text_bound(item)
         return total
     if isinstance(value, str):  # a str subclass
-        return len(value.encode())
+        return _utf8_length(value)
     if isinstance(value, (int, float, bool)) or value is None:
         return 1
     return len(repr(value).encode())
+
+
+def _utf8_length(text: str) -> int:
+    # surrogatepass: a lone surrogate (from JSON "\\ud83d") must not fail the estimate;
+    # the request then fails in the SDK exactly as it would without us.
+    return len(text.encode("utf-8", "surrogatepass"))
