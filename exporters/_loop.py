@@ -12,6 +12,8 @@ import concurrent.futures
 import threading
 from typing import Any, Coroutine
 
+from .forking import FORK_GUARD
+
 
 class LoopThread:
     def __init__(self, name: str = "wflo-otel-exporter") -> None:
@@ -34,12 +36,14 @@ class LoopThread:
         self._ensure()
 
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
-        future = asyncio.run_coroutine_threadsafe(coro, self._ensure())
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:  # not the builtin one before Python 3.11
-            future.cancel()
-            raise
+        """Run ``coro`` on the loop and wait for it; a fork meanwhile waits for it (``forking``)."""
+        with FORK_GUARD.busy():
+            future = asyncio.run_coroutine_threadsafe(coro, self._ensure())
+            try:
+                return future.result(timeout)
+            except concurrent.futures.TimeoutError:  # not the builtin one before Python 3.11
+                future.cancel()
+                raise
 
     def stop(self) -> None:
         with self._lock:

@@ -22,6 +22,8 @@ import sqlite3
 import threading
 from urllib.parse import quote
 
+from .forking import FORK_GUARD
+
 _log = logging.getLogger(__name__)
 
 # The writer's automatic checkpoint when a WalCheckpointer runs beside it (SQLite's
@@ -79,9 +81,10 @@ class WalCheckpointer:
                 if self._stop:
                     return
                 try:
-                    if connection is None:
-                        connection = _connect(self.path)
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    with FORK_GUARD.busy():  # a fork mid-checkpoint would leave SQLite's mutexes locked in the child
+                        if connection is None:
+                            connection = _connect(self.path)
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1
                 except Exception as exc:  # a locked or vanished file: try again on the next kick
                     _log.debug("wflo-otel: checkpoint of %s failed: %s", self.path, exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
@@ -36,6 +37,39 @@ class RowBatch:
 
     def __len__(self) -> int:
         return len(self.steps)
+
+    def halves(self) -> tuple["RowBatch", "RowBatch"]:
+        """The steps split in two, each half with the execution and definition rows its steps need.
+
+        For finding the one span a database refuses in a batch it otherwise takes.
+        """
+        ids = list(self.steps)
+        middle = len(ids) // 2
+        return self._subset(ids[:middle]), self._subset(ids[middle:])
+
+    def _subset(self, step_ids: list[str]) -> "RowBatch":
+        part = RowBatch()
+        for step_id in step_ids:
+            step = part.steps[step_id] = self.steps[step_id]
+            execution_id = step["execution_id"]
+            if execution_id not in part.executions:
+                execution = part.executions[execution_id] = self.executions[execution_id]
+                workflow = execution["workflow_id"]
+                part.definitions[workflow] = self.definitions[workflow]
+        return part
+
+    def storable(self) -> "RowBatch":
+        """The same rows with what a database driver cannot encode replaced.
+
+        Lone surrogates in text (a file name decoded with ``surrogateescape``) become
+        ``?``, and integers or floats a column cannot hold become NULL. Applied only
+        after a batch was refused: the common path pays for no such scan.
+        """
+        return RowBatch(
+            {key: _storable_row(row) for key, row in self.definitions.items()},
+            {key: _storable_row(row) for key, row in self.executions.items()},
+            {key: _storable_row(row) for key, row in self.steps.items()},
+        )
 
 
 _UTC = timezone.utc
@@ -66,17 +100,20 @@ def _map_one(record: SpanRecord, batch: RowBatch, pricebook) -> None:
     service_name = record.resource.get("service.name")
     workflow_name = _workflow_name(record, is_root, service_name)
 
+    # Every row is built before any is added: a span that fails half-way must leave
+    # no step behind whose execution row is missing (its foreign key would sink the batch).
     step = _step_row(record, execution_id, is_root, pricebook)
-    batch.steps[step["id"]] = step
-
     if is_root:
-        batch.definitions[workflow_name] = _definition_row(workflow_name, attrs, step)
-        batch.executions[execution_id] = _root_execution_row(record, execution_id, workflow_name, service_name, step)
+        definition = _definition_row(workflow_name, attrs, step)
+        execution = _root_execution_row(record, execution_id, workflow_name, service_name, step)
+        batch.definitions[workflow_name] = definition
+        batch.executions[execution_id] = execution
     else:  # build placeholder rows only the first time a batch sees them
         if workflow_name not in batch.definitions:
             batch.definitions[workflow_name] = _definition_row(workflow_name, {}, step)
         if execution_id not in batch.executions:
             batch.executions[execution_id] = _placeholder_execution_row(record, execution_id, workflow_name, service_name, step)
+    batch.steps[step["id"]] = step
 
 
 def _workflow_name(record: SpanRecord, is_root: bool, service_name: Any) -> str:
@@ -91,13 +128,13 @@ def _workflow_name(record: SpanRecord, is_root: bool, service_name: Any) -> str:
 
 
 def _definition_row(name: str, attrs: Mapping[str, Any], step: dict[str, Any]) -> dict[str, Any]:
-    budget = attrs.get(A.WFLO_BUDGET_USD)
+    budget = _usd(attrs.get(A.WFLO_BUDGET_USD))
     now = step["ended_at"] or step["started_at"]
     return {
         "id": name,
         "name": name,
         "description": attrs.get("wflo.workflow.description"),
-        "policies": {"budget_usd": float(budget)} if budget is not None else None,
+        "policies": {"budget_usd": budget} if budget is not None else None,
         "created_at": now,
         "updated_at": now,
     }
@@ -113,14 +150,13 @@ def _execution_status(record: SpanRecord) -> str:
 def _root_execution_row(record: SpanRecord, execution_id: str, workflow_name: str, service_name, step: dict) -> dict:
     attrs = record.attributes
     status = _execution_status(record)
-    budget = attrs.get(A.WFLO_BUDGET_USD)
     return {
         "id": execution_id,
         "workflow_id": workflow_name,
         "status": status,
         "inputs": _json_attr(attrs.get(A.WFLO_WORKFLOW_INPUTS)),
         "error": (record.status_message or attrs.get(A.ERROR_TYPE)) if status != A.STATUS_COMPLETED else None,
-        "budget_usd": float(budget) if budget is not None else None,
+        "budget_usd": _usd(attrs.get(A.WFLO_BUDGET_USD)),
         "trace_id": record.trace_id,
         "correlation_id": attrs.get(A.WFLO_CORRELATION_ID) or execution_id,
         "service_name": service_name,
@@ -204,7 +240,7 @@ def _step_row(record: SpanRecord, execution_id: str, is_root: bool, pricebook) -
         "output_tokens": output_tokens,
         "cache_read_tokens": cache_read,
         "reasoning_tokens": reasoning,
-        "cost_usd": float(cost) if kind == "llm" and cost is not None else None,
+        "cost_usd": _usd(cost) if kind == "llm" else None,
         "cost_source": cost_source,
         "started_at": ns_to_datetime(start_ns),
         "ended_at": ns_to_datetime(end_ns),
@@ -220,9 +256,14 @@ def _token_count(get, key: str, legacy: str | None = None) -> int | None:
     value = get(key)
     if value is None and legacy is not None:
         value = get(legacy)
-    if value is None or value.__class__ is int:
-        return value
-    return _int(value)
+    if value is None:
+        return None
+    if value.__class__ is not int:
+        value = _int(value)
+    return value if value is None or -_INT64 <= value < _INT64 else None
+
+
+_INT64 = 1 << 63  # the columns are BIGINT: a count beyond it is no count we could store
 
 
 def _int(value: Any) -> int | None:
@@ -230,8 +271,23 @@ def _int(value: Any) -> int | None:
         return None
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _usd(value: Any) -> float | None:
+    """An amount in USD, or None when the span's value is not a finite number.
+
+    A NaN would poison every total it joins (and SQLite refuses it in a NOT NULL column).
+    """
+    if value is None:
+        return None
+    if value.__class__ is not float:
+        try:
+            value = float(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return value if math.isfinite(value) else None
 
 
 def _json_attr(value: Any) -> Any:
@@ -242,4 +298,26 @@ def _json_attr(value: Any) -> Any:
             return json.loads(value)
         except ValueError:
             return {"value": value}
+    return value
+
+
+def _storable_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: _storable_column(value) for key, value in row.items()}
+
+
+def _storable_column(value: Any) -> Any:
+    if value.__class__ is int and not -_INT64 <= value < _INT64:
+        return None
+    if value.__class__ is float and not math.isfinite(value):
+        return None
+    return _storable(value)
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, Mapping):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_storable(item) for item in value]
     return value

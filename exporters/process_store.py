@@ -36,11 +36,11 @@ import struct
 import subprocess
 import sys
 import threading
-import weakref
 from typing import Any, BinaryIO
 
 from wflo_otel.pricing import PriceBook
 
+from .forking import in_forked_children
 from .mapping import RowBatch, map_records
 from .records import SpanFields, record_from_fields
 from .store import SpanStore, is_retryable, is_transient, normalize_url, sqlstate_of
@@ -83,7 +83,7 @@ class ProcessStore:
         self._pending = False  # a begin_write_spans() whose reply is still in the pipe
         self._outcome: tuple | None = None  # its reply, once read
         self.restarts = 0
-        _after_fork_in_child(self)
+        in_forked_children(self, ProcessStore._forget_after_fork)
         self._start()  # now: a process cannot be started while the interpreter exits
 
     # ----------------------------------------------------------------- SpanStore interface
@@ -250,19 +250,6 @@ def _unwrap(outcome: tuple) -> Any:
     kind, message, sqlstate, transient = value
     error = RemoteTransientError if transient and sqlstate is None else RemoteStoreError
     raise error(kind, message, sqlstate)
-
-
-def _after_fork_in_child(store: ProcessStore) -> None:
-    if not hasattr(os, "register_at_fork"):  # pragma: no cover - not on Windows
-        return
-    ref = weakref.ref(store)
-
-    def forget() -> None:
-        live = ref()
-        if live is not None:
-            live._forget_after_fork()
-
-    os.register_at_fork(after_in_child=forget)
 
 
 # --------------------------------------------------------------------------- framing

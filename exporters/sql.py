@@ -39,10 +39,11 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from sqlalchemy.engine import make_url
 
 from ._loop import LoopThread
+from .forking import in_forked_children
 from .mapping import RowBatch, map_records
 from .records import SpanFields, record_from_fields, record_from_readable_span, span_fields
 from .spool import Spool, SpoolFull
-from .store import SpanStore, is_transient
+from .store import SpanStore, is_transient, sqlstate_of
 
 _log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class SQLSpanExporter(SpanExporter):
         self.lost_spans = 0  # refused by a full spool, or no spool
         self.failed_spans = 0  # refused by the database for good (kept in failed/)
 
+        in_forked_children(self, SQLSpanExporter._reset_after_fork)
         if handle_sigterm is None:
             handle_sigterm = os.environ.get(HANDLE_SIGTERM_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
         if handle_sigterm:
@@ -250,9 +252,51 @@ class SQLSpanExporter(SpanExporter):
             self._committed(spans)
             return SpanExportResult.SUCCESS
         if not is_transient(error):
-            return self._keep_failed(batch, spans, error)
+            return self._isolate(batch, error)
         self._mark_down(error)
         return self._spill(batch, spans)
+
+    def _isolate(self, batch: RowBatch, error: BaseException) -> SpanExportResult:
+        """The database refused the batch: land every span it takes, keep only the others.
+
+        The rows are first made storable (what no driver can encode replaced); if the
+        batch is still refused, it is halved until each refused span is alone, and
+        only those go to ``failed/``: one odd span of 2,048 costs ~22 more writes,
+        not 2,047 lost spans. A database going away meanwhile spools what is left.
+        An error about the schema or privileges (SQLSTATE class 42) would refuse every
+        span alike, and after ``_ISOLATION_WRITES`` writes what is left is kept whole.
+        """
+        if (sqlstate_of(error) or "")[:2] == "42":
+            return self._keep_failed(batch, len(batch), error)
+        _log.warning(
+            "wflo-otel: %s refused a batch of %d spans (%s); isolating the refused ones",
+            self._safe_url, len(batch), _brief(error),
+        )
+        result = SpanExportResult.SUCCESS
+        parts = [batch.storable()]
+        writes = 0
+        while parts:
+            part = parts.pop()
+            if writes >= _ISOLATION_WRITES:
+                self._keep_failed(part, len(part), error)
+                result = SpanExportResult.FAILURE
+                continue
+            writes += 1
+            error = self._write_with_retries(part)
+            if error is None:
+                self._committed(len(part))
+            elif is_transient(error):
+                self._mark_down(error)
+                for rest in (part, *parts):
+                    if self._spill(rest, len(rest)) is not SpanExportResult.SUCCESS:
+                        result = SpanExportResult.FAILURE
+                return result
+            elif len(part) <= 1:
+                self._keep_failed(part, len(part), error)
+                result = SpanExportResult.FAILURE
+            else:
+                parts.extend(reversed(part.halves()))
+        return result
 
     def _committed(self, spans: int) -> None:
         """A batch is in the database: the database is up, and the spool can drain."""
@@ -315,8 +359,8 @@ class SQLSpanExporter(SpanExporter):
                 self._write(batch)
                 return None
             except Exception as exc:
-                if attempt == self._retries or not is_transient(exc) or self._circuit_open():
-                    return exc
+                if attempt == self._retries or not is_transient(exc) or _timed_out(exc) or self._circuit_open():
+                    return exc  # a timeout already waited its full time: retrying it would block export() again
                 # The first retry is immediate: a connection the server cut is replaced by the pool.
                 delay = 0.0 if attempt == 0 else self._backoff_s * (2 ** (attempt - 1))
                 _log.info("wflo-otel: write to %s failed (%s); retry %d in %.2fs", self._safe_url, _brief(exc), attempt + 1, delay)
@@ -372,11 +416,45 @@ class SQLSpanExporter(SpanExporter):
             _log.error("wflo-otel: %s refused %d spans (%s) and they could not be kept: %s", self._safe_url, spans, reason, exc)
         return SpanExportResult.FAILURE
 
+    def _reset_after_fork(self) -> None:
+        """In a forked child (gunicorn ``--preload``, Celery prefork): start over on our own.
+
+        (Nothing to do for an exporter already shut down.)
+
+        Threads do not survive ``fork``: the parent's event loop thread, replayer and
+        any lock one of them held are gone, and the pooled connections are the
+        parent's sockets. The SDK's batch processor restarts its worker in the child;
+        without this its first ``export()`` would wait on a loop nobody runs.
+        """
+        if self._shutdown:
+            return
+        self._loop = LoopThread()
+        self._loop.start()
+        engine = getattr(self._store, "engine", None)
+        if engine is not None:  # the writer process store forgets its own child
+            engine.sync_engine.dispose(close=False)  # a new pool; the parent's connections stay the parent's
+        self._migrate_lock = threading.Lock()
+        self._state = threading.Condition()
+        self._stop_replay = threading.Event()
+        self._wake = threading.Event()
+        self._replayer = None
+        self._inflight = 0
+        if self._handoff is not None:
+            self._handoff = _Handoff()  # what the parent handed over is the parent's to settle
+
     # ----------------------------------------------------------------- the circuit
 
     def _circuit_open(self) -> bool:
-        """Down, and not yet time for the next probe: do not call the database."""
-        return self._down and time.monotonic() < self._next_probe
+        """Down, and this export is not the one to probe: do not call the database.
+
+        With a spool the replayer probes, in the background, and ``export()`` spools at
+        once: a database that accepts connections but never answers blocks no export
+        after the one that found it so. Without a spool, an export probes when the
+        backoff has passed.
+        """
+        if not self._down:
+            return False
+        return self._spool is not None or time.monotonic() < self._next_probe
 
     def _mark_down(self, error: BaseException) -> None:
         with self._state:
@@ -393,7 +471,7 @@ class SQLSpanExporter(SpanExporter):
                 "wflo-otel: database %s is unreachable (%s); spooling batches to %s and retrying with backoff",
                 self._safe_url,
                 _brief(error),
-                self._spool.directory if self._spool else "(no spool: spans are lost)",
+                self._spool.directory if self._spool is not None else "(no spool: spans are lost)",
             )
         self._ensure_replayer()
 
@@ -502,6 +580,18 @@ class SQLSpanExporter(SpanExporter):
                 self._state.wait(min(remaining, 0.05))
                 self._wake.set()
             return not self._spool_dirty
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A connect or statement timeout (the driver's, or ours waiting on the loop)."""
+    for error in (exc, getattr(exc, "orig", None)):  # SQLAlchemy wraps the driver's
+        if isinstance(error, TimeoutError) or type(error).__name__.endswith("TimeoutError"):
+            return True
+    return False
+
+
+# Writes one refused batch may take to find its refused spans: a lone one in 2,048 takes 23.
+_ISOLATION_WRITES = 64
 
 
 class _Handoff:

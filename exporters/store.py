@@ -36,14 +36,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import inspect
 import json
 import logging
 import math
+import os
 import random
 import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Sequence
+from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -67,7 +71,13 @@ _TRANSIENT_RETRYABLE = frozenset({"40001", "40P01"})
 
 
 def normalize_url(url: str) -> str:
-    """Accept plain ``sqlite://`` / ``postgresql://`` URLs and pick the async drivers."""
+    """Accept plain ``sqlite://`` / ``postgresql://`` URLs and pick the async drivers.
+
+    The query is kept as written: a ``postgresql://`` URL's libpq parameters (``sslmode``,
+    ``connect_timeout``, ``application_name``...) are translated for asyncpg when the engine
+    is made (``asyncpg_connect_args``), as some become connect arguments no URL can carry.
+    The text also names the URL's spool folder, which so stays the same.
+    """
     if url.startswith("sqlite://"):
         return "sqlite+aiosqlite://" + url[len("sqlite://") :]
     for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://", "postgresql+psycopg://"):
@@ -86,19 +96,25 @@ def create_engine(
 ) -> AsyncEngine:
     """An async engine with wflo-otel's settings.
 
-    SQLite: WAL, ``synchronous=NORMAL``, foreign keys on, a 30 s busy timeout.
+    SQLite: WAL, ``synchronous=NORMAL``, foreign keys on, a 30 s busy timeout; the
+    folder of a database file is created if missing.
     PostgreSQL (asyncpg): a pool of ``pool_size`` (+ ``max_overflow``) connections,
     pinged on checkout (a connection the server dropped is replaced, not used), a
-    connect timeout so a database that went away fails fast instead of hanging.
+    connect timeout so a database that went away fails fast instead of hanging (the
+    URL's ``connect_timeout``, else ``connect_timeout_s``).
     """
     url = normalize_url(url)
     if url.startswith("sqlite"):
+        _create_sqlite_folder(url)
         engine = create_async_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {"timeout": connect_timeout_s}
     if command_timeout_s:
         connect_args["command_timeout"] = command_timeout_s
+    if url.startswith("postgresql+asyncpg"):
+        url, from_url = asyncpg_connect_args(url)
+        connect_args.update(from_url)
     return create_async_engine(
         url,
         pool_size=pool_size,
@@ -107,6 +123,119 @@ def create_engine(
         pool_recycle=3600,
         connect_args=connect_args,
     )
+
+
+def _create_sqlite_folder(url: str) -> None:
+    """Create the folder of a SQLite database file, as SQLite creates the file itself.
+
+    Without it SQLite answers "unable to open database file", which reads as a database
+    that is away: every batch would wait in the spool for a folder nobody makes.
+    In-memory and ``file:`` URI databases (which may be read-only) are left alone; a
+    folder that cannot be made is logged, and the connection's own error follows.
+    """
+    path = database_path(url)
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        _log.warning("wflo-otel: cannot create the folder %s of the SQLite database: %s", folder, exc)
+
+
+# libpq's connection parameters, as a ``postgresql://`` URL written for psql or psycopg
+# carries them in its query (libpq-connect.html, "Parameter Key Words", PostgreSQL 17).
+_LIBPQ_PARAMETERS = frozenset(
+    {
+        "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "require_auth",
+        "channel_binding", "connect_timeout", "client_encoding", "options", "application_name",
+        "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
+        "keepalives_count", "tcp_user_timeout", "replication", "gssencmode", "sslmode", "requiressl",
+        "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslpassword", "sslcertmode",
+        "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer", "ssl_min_protocol_version",
+        "ssl_max_protocol_version", "krbsrvname", "gsslib", "gssdelegation", "service",
+        "target_session_attrs", "load_balance_hosts",
+    }
+)
+# The TLS files and protocol bounds: asyncpg reads these from a DSN only, not as arguments.
+_LIBPQ_DSN_ONLY = (
+    "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslpassword",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "sslnegotiation",
+)
+# Startup parameters: libpq sends them to the server when it connects, as asyncpg sends
+# its ``server_settings`` (``options`` is the server's command line: ``-c name=value``).
+_LIBPQ_STARTUP = ("application_name", "options")
+
+
+@functools.lru_cache(maxsize=1)
+def _asyncpg_keywords() -> frozenset[str]:
+    """The keyword arguments of the installed ``asyncpg.connect`` (``service`` arrived in 0.30)."""
+    import asyncpg
+
+    return frozenset(inspect.signature(asyncpg.connect).parameters)
+
+
+def asyncpg_connect_args(url: str) -> tuple[sa.URL, dict[str, Any]]:
+    """``url`` without the libpq parameters asyncpg refuses, and the connect arguments they become.
+
+    SQLAlchemy hands every query parameter to ``asyncpg.connect()`` as a keyword, which
+    has no ``sslmode`` or ``connect_timeout`` (a ``TypeError`` on every connect). So:
+    ``sslmode`` -> ``ssl`` (the same mode names), ``connect_timeout`` -> ``timeout``,
+    ``application_name`` and ``options`` -> ``server_settings``, the TLS files -> a
+    ``dsn`` holding only them, ``dbname`` -> ``database``. Parameters asyncpg takes
+    under their libpq name (``target_session_attrs``, ``passfile``...) and any that are
+    not libpq's stay. The rest have no asyncpg equivalent: dropped, with a warning.
+    """
+    parsed = sa.engine.make_url(url)
+    kept: dict[str, str] = {}
+    libpq: dict[str, str] = {}
+    for name, value in parsed.query.items():
+        value = value[-1] if isinstance(value, tuple) else value  # libpq: the last one wins
+        foreign = name in _LIBPQ_PARAMETERS and name not in _asyncpg_keywords()
+        (libpq if foreign else kept)[name] = value
+    args, ignored = _translate_libpq(libpq, kept)
+    if ignored:  # names only: a value can be a secret
+        _log.warning("wflo-otel: database URL parameter(s) %s ignored: asyncpg has no equivalent", ", ".join(ignored))
+    return parsed.set(query=kept), args
+
+
+def _translate_libpq(libpq: dict[str, str], kept: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """(asyncpg connect arguments, names ignored) for the libpq parameters; ``ssl`` goes into ``kept``."""
+    args: dict[str, Any] = {}
+    ignored: list[str] = []
+    if "sslmode" in libpq:
+        mode = libpq.pop("sslmode")
+        if "ssl" in kept:  # asyncpg's own name, written as well: it wins
+            ignored.append("sslmode")
+        else:
+            kept["ssl"] = mode
+    if "connect_timeout" in libpq:
+        seconds = _positive_seconds(libpq.pop("connect_timeout"))
+        if seconds is None:  # 0 (libpq: wait forever) or not a number: the engine's own timeout stays
+            ignored.append("connect_timeout")
+        else:
+            args["timeout"] = seconds
+    settings = {name: libpq.pop(name) for name in _LIBPQ_STARTUP if name in libpq}
+    fallback = libpq.pop("fallback_application_name", None)
+    if fallback is not None:
+        settings.setdefault("application_name", fallback)
+    if settings:
+        args["server_settings"] = settings
+    tls = {name: libpq.pop(name) for name in _LIBPQ_DSN_ONLY if name in libpq}
+    if tls:  # host, user and database still come as arguments, which asyncpg prefers to a DSN's
+        args["dsn"] = "postgresql://?" + urlencode(tls)
+    if "dbname" in libpq:
+        args["database"] = libpq.pop("dbname")
+    ignored.extend(sorted(libpq))
+    return args, ignored
+
+
+def _positive_seconds(text: str) -> float | None:
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -587,8 +716,15 @@ def is_retryable(exc: BaseException) -> bool:
 def is_transient(exc: BaseException) -> bool:
     """Could this failure go away by itself (database down, connection cut, lock timeout)?
 
-    Anything else (a constraint or data error) would fail again on the same rows.
+    Anything else (a constraint or data error) would fail again on the same rows. A
+    ``TypeError`` is a programming or configuration error (a connect argument the driver
+    does not take): never transient, whatever its text says ("timeout"), or its batches
+    would wait in the spool forever. A database that does not exist (yet) or refuses our
+    credentials is unavailable, not a data error: it is created, or the role granted, and
+    the spooled batches land.
     """
+    if isinstance(exc, TypeError):
+        return False
     if sqlstate_of(exc) in _TRANSIENT_RETRYABLE:
         return True
     if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError, EOFError)):
@@ -597,9 +733,10 @@ def is_transient(exc: BaseException) -> bool:
         return True
     state = sqlstate_of(exc)
     if state is not None:
-        # 08 connection, 53 resources, 57 operator intervention (shutdown, terminated), 58 system,
-        # 55P03 lock not available, 25P03 idle-in-transaction timeout
-        return state[:2] in {"08", "53", "57", "58"} or state in {"55P03", "25P03"}
+        # 08 connection, 28 invalid authorization, 53 resources, 57 operator intervention (shutdown,
+        # terminated), 58 system, 3D000 database does not exist, 55P03 lock not available,
+        # 25P03 idle-in-transaction timeout
+        return state[:2] in {"08", "28", "53", "57", "58"} or state in {"3D000", "55P03", "25P03"}
     text = f"{type(exc).__name__} {exc}".lower()
     for marker in (
         "connection",
@@ -660,11 +797,16 @@ class SpanStore:
         self._checkpointer = _checkpointer_for(self.engine, self.url) if self.dialect == "sqlite" else None
 
     async def migrate(self) -> None:
-        """Bring the schema to the latest alembic revision (safe to call from many processes)."""
-        from wflo_otel.migrations import upgrade_connection
+        """Bring the schema to the latest alembic revision (safe to call from many processes).
 
-        async with self.engine.begin() as conn:
-            await conn.run_sync(upgrade_connection, "head")
+        PostgreSQL serialises concurrent migrations with an advisory lock inside the
+        transaction; SQLite with a file lock held around it (``sqlite_migration_lock``).
+        """
+        from wflo_otel.migrations import sqlite_migration_lock, upgrade_connection
+
+        async with sqlite_migration_lock(self.url):
+            async with self.engine.begin() as conn:
+                await conn.run_sync(upgrade_connection, "head")
 
     async def ping(self) -> None:
         """Raise unless the database answers."""

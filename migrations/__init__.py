@@ -8,10 +8,17 @@ can migrate without an ``alembic.ini`` on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+
+try:
+    import fcntl
+except ImportError:  # Windows: SQLite migrations are not serialised across processes
+    fcntl = None
 
 VERSION_TABLE = "wflo_alembic_version"
 # Serialises concurrent migrations of one PostgreSQL database (any constant works).
@@ -49,18 +56,71 @@ def current_revision(connection) -> str | None:
 
 
 def _lock(connection) -> None:
+    """Serialise migrations of one PostgreSQL database; SQLite's is ``sqlite_migration_lock``."""
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_ADVISORY_LOCK_KEY})")
 
 
+@contextlib.asynccontextmanager
+async def sqlite_migration_lock(url: str):
+    """Hold an exclusive ``flock`` on ``<database>.migrate.lock`` while migrating a SQLite file.
+
+    SQLite has no advisory lock, and its driver runs DDL outside a transaction: two
+    processes starting on a fresh file both found no schema, and the later one failed
+    on "table ... already exists". Held around the whole transaction (taken before it
+    begins, released after it commits), so the next process sees the schema at head.
+    The lock is polled, so the event loop is not blocked and a cancelled wait leaves
+    nothing behind; a process that dies releases it. No-op for other databases, for
+    in-memory and ``file:`` URI ones, where ``fcntl`` is missing (Windows), and when
+    the lock file cannot be opened (the migration then runs as it did before).
+    """
+    fd = _open_lock_file(url)
+    if fd is None:
+        yield
+        return
+    try:
+        while not _try_flock(fd):
+            await asyncio.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race a waiter)
+
+
+def _open_lock_file(url: str) -> int | None:
+    from wflo_otel.exporters.checkpoint import database_path
+
+    if fcntl is None or not url.startswith("sqlite"):
+        return None
+    path = database_path(url)
+    if path is None:
+        return None
+    try:
+        return os.open(os.path.abspath(path) + ".migrate.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 async def run_async(url: str, fn, *args):
-    """Run ``fn(sync_connection, *args)`` in one transaction on the async engine for ``url``."""
+    """Run ``fn(sync_connection, *args)`` in one transaction on the async engine for ``url``.
+
+    Under the SQLite migration lock: ``fn`` migrates (``wflo-otel db upgrade``, the alembic
+    command line) or reads the schema, which then is never caught half-migrated.
+    """
     from wflo_otel.exporters.store import create_engine
 
     engine = create_engine(url)
     try:
-        async with engine.begin() as conn:
-            return await conn.run_sync(fn, *args)
+        async with sqlite_migration_lock(url):
+            async with engine.begin() as conn:
+                return await conn.run_sync(fn, *args)
     finally:
         await engine.dispose()
 

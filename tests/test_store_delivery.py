@@ -2,7 +2,7 @@
 
 Nothing lost, nothing doubled: batches delivered twice, two exporters racing on the
 same executions, connections cut mid-run, the database down and back (a loopback
-TCP proxy in front of PostgreSQL; a missing directory for SQLite), a spool left by a
+TCP proxy in front of PostgreSQL; a file where SQLite's folder goes), a spool left by a
 previous process, a full spool, a process killed with SIGTERM mid-run.
 """
 
@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from test_store_support import assert_database_holds, batches, make_workflows, pg_url, query  # noqa: F401
+from test_store_support import (  # noqa: F401
+    assert_database_holds, batches, block_folder, make_workflows, pg_url, query, unblock_folder,
+)
 from wflo_otel.exporters.mapping import map_records
 from wflo_otel.exporters.records import record_from_readable_span
 from wflo_otel.exporters.spool import Spool, decode_batch, encode_batch
@@ -240,11 +242,11 @@ def test_database_down_then_back_spools_then_replays_everything(database_url, tm
         url = database_url.replace(host_port, f"127.0.0.1:{proxy.port}")
         bring_back = proxy.up
         take_down = proxy.down
-    else:  # SQLite: the database file's folder does not exist yet
-        folder = tmp_path / "not-yet"
+    else:  # SQLite: the database file's folder cannot be made yet
+        folder = block_folder(tmp_path / "not-yet")
         url = f"sqlite+aiosqlite:///{folder}/wflo.db"
         database_url = url
-        bring_back = lambda: folder.mkdir()  # noqa: E731
+        bring_back = lambda: unblock_folder(folder)  # noqa: E731
         take_down = None
     exporter = exporter_for(url, tmp_path / "spool")
     try:
@@ -280,7 +282,7 @@ def test_database_down_then_back_spools_then_replays_everything(database_url, tm
 
 def test_a_spool_left_by_an_earlier_process_is_replayed_when_the_next_exporter_starts(tmp_path):
     spans, expected = make_workflows(30, seed=8)
-    folder = tmp_path / "db"
+    folder = block_folder(tmp_path / "db")
     url = f"sqlite+aiosqlite:///{folder}/wflo.db"
     first = exporter_for(url, tmp_path / "spool")
     for batch in batches(spans, 25, seed=9):
@@ -288,7 +290,7 @@ def test_a_spool_left_by_an_earlier_process_is_replayed_when_the_next_exporter_s
     first.shutdown()
     assert len(Spool.for_database(url, tmp_path / "spool").pending()) == len(batches(spans, 25))
 
-    folder.mkdir()
+    unblock_folder(folder)
     second = exporter_for(url, tmp_path / "spool")  # replays in the background from the start
     try:
         _wait_for(lambda: not second.spool.pending())
@@ -299,7 +301,7 @@ def test_a_spool_left_by_an_earlier_process_is_replayed_when_the_next_exporter_s
 
 def test_a_full_spool_refuses_the_batch_and_says_so_loudly(tmp_path, caplog):
     spans, _ = make_workflows(20, seed=12)
-    url = f"sqlite+aiosqlite:///{tmp_path}/missing/wflo.db"
+    url = f"sqlite+aiosqlite:///{block_folder(tmp_path / 'missing')}/wflo.db"
     exporter = exporter_for(url, tmp_path / "spool", spool_max_mb=0.02)  # ~20 KB
     try:
         with caplog.at_level(logging.ERROR, logger="wflo_otel.exporters.spool"):
@@ -329,6 +331,154 @@ def test_a_batch_the_database_refuses_for_good_is_kept_in_failed_not_retried_for
     assert len(failed) == 1 and exporter.failed_spans == 1
     assert decode_batch(failed[0].read_bytes()).steps  # the rows are kept, readable
     assert_database_holds(database_url, expected)
+
+
+def test_one_span_the_database_refuses_is_kept_alone_and_the_rest_of_its_batch_lands(database_url, tmp_path):
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext
+
+    good, expected = make_workflows(40, seed=17)
+    bad = ReadableSpan(name="no start time", context=SpanContext(0xABC, 0xDEF, is_remote=False), start_time=None)
+    exporter = exporter_for(database_url, tmp_path / "spool")
+    try:
+        batch = good[: len(good) // 2] + [bad] + good[len(good) // 2 :]
+        assert exporter.export(batch).name == "FAILURE"  # one span refused for good
+        assert not exporter.database_down
+    finally:
+        exporter.shutdown()
+    (failed,) = exporter.spool.failed_directory.glob("*.json")
+    assert list(decode_batch(failed.read_bytes()).steps) == [format(0xDEF, "016x")]
+    assert exporter.failed_spans == 1 and exporter.exported_spans == len(good)
+    assert_database_holds(database_url, expected)
+
+
+def test_a_forked_worker_exports_through_its_own_loop_and_connections(database_url, tmp_path):
+    """gunicorn --preload / Celery prefork: the exporter was in use before the fork."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    spans, expected = make_workflows(4, seed=19)
+    exporter = exporter_for(database_url, tmp_path / "spool", timeout_s=10)
+    try:
+        assert exporter.export(spans[: len(spans) // 2]).name == "SUCCESS"  # the loop and the pool are in use
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                started = time.monotonic()
+                result = exporter.export(spans[len(spans) // 2 :])
+                quick = time.monotonic() - started < 8
+                code = 0 if result.name == "SUCCESS" and quick and exporter.stats()["spooled_spans"] == 0 else 2
+                exporter.shutdown()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the forked worker could not export"
+        assert exporter.export(spans[: len(spans) // 2]).name == "SUCCESS"  # the parent's own still work
+    finally:
+        exporter.shutdown()
+    assert_database_holds(database_url, expected)
+
+
+def test_a_fork_waits_for_a_database_section_in_flight_and_then_lets_it_go_on():
+    """SQLite's mutexes must not be held by a thread that the child will not have."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    from wflo_otel.exporters.forking import FORK_GUARD
+
+    entered, ended_at = threading.Event(), []
+
+    def section():
+        with FORK_GUARD.busy():
+            entered.set()
+            time.sleep(0.3)
+            ended_at.append(time.monotonic())
+
+    writer = threading.Thread(target=section)
+    writer.start()
+    entered.wait()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    forked_at = time.monotonic()
+    os.waitpid(pid, 0)
+    writer.join()
+    assert ended_at and forked_at >= ended_at[0]
+    with FORK_GUARD.busy():  # and sections run again after the fork
+        pass
+
+
+def test_a_database_that_accepts_connections_but_never_answers_blocks_one_export_not_every_one(tmp_path):
+    """What pgbouncer in front of a dead backend looks like: the SDK's queue must keep moving."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in iter(int, 1)], daemon=True).start()
+    url = f"postgresql://wflo@127.0.0.1:{listener.getsockname()[1]}/silent"
+    spans, _ = make_workflows(3, seed=23)
+    exporter = SQLSpanExporter(
+        url, store=SpanStore(url, connect_timeout_s=1.0), spool_dir=tmp_path / "spool", handle_sigterm=False,
+        retries=3, backoff_s=0.02,
+    )
+    try:
+        started = time.monotonic()
+        assert exporter.export(spans).name == "SUCCESS"  # spooled, after one connect timeout
+        first = time.monotonic() - started
+        later = []
+        for _ in range(5):
+            started = time.monotonic()
+            assert exporter.export(spans).name == "SUCCESS"
+            later.append(time.monotonic() - started)
+        assert first < 3.0, f"the timeout was retried: {first:.1f}s"
+        assert max(later) < 0.5, f"exports kept probing the silent database: {later}"
+        assert exporter.stats()["spooled_spans"] == 6 * len(spans) and exporter.database_down
+    finally:
+        exporter.shutdown(timeout_millis=500)
+        listener.close()
+
+
+def _odd_spans():
+    """A workflow whose spans carry values no database driver takes as they are."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import set_span_in_context
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("odd")
+    root = tracer.start_span("nightly", attributes={"wflo.budget.usd": "unlimited"})
+    inside = set_span_in_context(root)
+    tracer.start_span("report-\udcff.pdf", context=inside, attributes={"file": "x\udcff"}).end()  # os.fsdecode of b"\xff"
+    tracer.start_span("chat gpt-4o-mini", context=inside, attributes={
+        "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.usage.input_tokens": 2**63, "gen_ai.usage.output_tokens": 7, "wflo.cost.usd": float("nan"),
+    }).end()
+    tracer.start_span("chat gpt-4o-mini", context=inside, attributes={
+        "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 5, "wflo.cost.usd": 0.25,
+    }).end()
+    root.end()
+    return memory.get_finished_spans()
+
+
+def test_values_no_driver_can_encode_are_stored_as_near_as_they_can_be_in_one_batch(database_url, tmp_path):
+    spans = _odd_spans()
+    exporter = exporter_for(database_url, tmp_path / "spool")
+    try:
+        assert exporter.export(spans).name == "SUCCESS"
+    finally:
+        exporter.shutdown()
+    assert exporter.failed_spans == 0 and exporter.exported_spans == 4
+    names = sorted(r[0] for r in query(database_url, "SELECT name FROM step_executions"))
+    assert names == ["chat gpt-4o-mini", "chat gpt-4o-mini", "nightly", "report-?.pdf"]
+    ((status, budget, cost, input_tokens, output_tokens, calls),) = query(
+        database_url,
+        "SELECT status, budget_usd, cost_total_usd, input_tokens, output_tokens, llm_calls FROM workflow_executions",
+    )
+    # the budget is not a number, the NaN cost and the count beyond BIGINT are unknown: none poisons a total
+    assert (status, budget, cost, input_tokens, output_tokens, calls) == ("COMPLETED", None, 0.25, 10, 12, 2)
 
 
 def test_deadlocks_and_serialization_failures_are_retried(database_url, monkeypatch):

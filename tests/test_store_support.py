@@ -180,3 +180,17 @@ def batches(spans, size: int, *, seed: int = 0, shuffle: bool = True):
     if shuffle:
         random.Random(seed).shuffle(spans)
     return [spans[i : i + size] for i in range(0, len(spans), size)]
+
+
+def block_folder(folder):
+    """Take a SQLite database "down": a file holds the name of its folder (a volume not mounted yet).
+
+    A missing folder no longer does: wflo-otel creates it. ``unblock_folder`` brings the database up.
+    """
+    folder.write_text("not a folder")
+    return folder
+
+
+def unblock_folder(folder) -> None:
+    folder.unlink()
+    folder.mkdir()

@@ -16,9 +16,10 @@ Failures are told apart, because they call for opposite answers:
   turned away until a back-off window has passed — nothing is dropped, the sender
   keeps its data and retries;
 * the *data* is bad (a value one engine refuses): the requests of the group are
-  written one by one, and within a failing request the records are bisected, so
-  only the spans the database refuses are rejected (reported in the OTLP
-  ``partial_success``) and every other span lands.
+  written one by one, their rows made storable (``RowBatch.storable``: what no
+  driver can encode replaced, as the exporter does), and within a failing request
+  the records are bisected, so only the spans the database refuses are rejected
+  (reported in the OTLP ``partial_success``) and every other span lands.
 
 An error of a kind not recognised is settled by probing the database with
 ``SELECT 1``: if that fails the database is down, else the data is at fault.
@@ -298,7 +299,7 @@ class BatchWriter:
             if job.future.done():
                 continue
             try:
-                rejected = await self._isolate(job.records, [_MAX_ISOLATION_WRITES], known_bad=len(group) == 1)
+                rejected = await self._isolate(job.records, [_MAX_ISOLATION_WRITES])
             except Unavailable as exc:
                 self._fail([job], exc)
             else:
@@ -309,18 +310,17 @@ class BatchWriter:
         if not job.future.done():
             job.future.set_result(rejected)
 
-    async def _isolate(self, records: Sequence[SpanRecord], budget: list[int], known_bad: bool = False) -> int:
-        """Write ``records``, splitting on data errors; return how many were rejected."""
-        if not known_bad:
-            batch = map_records(records, self.pricebook)
-            budget[0] -= 1
-            outcome = await self._try_write(batch)
-            if outcome is None:
-                unmapped = sum(1 for r in records if r.span_id not in batch.steps)
-                self.rejected_spans += unmapped
-                return unmapped
-            if outcome == DOWN:
-                raise Unavailable(self.retry_after())
+    async def _isolate(self, records: Sequence[SpanRecord], budget: list[int]) -> int:
+        """Write ``records`` made storable, splitting on data errors; return how many were rejected."""
+        batch = map_records(records, self.pricebook).storable()
+        budget[0] -= 1
+        outcome = await self._try_write(batch)
+        if outcome is None:
+            unmapped = sum(1 for r in records if r.span_id not in batch.steps)
+            self.rejected_spans += unmapped
+            return unmapped
+        if outcome == DOWN:
+            raise Unavailable(self.retry_after())
         if len(records) == 1 or budget[0] <= 0:
             self.rejected_spans += len(records)
             _log.warning("wflo-otel ingest: the database refused %d span(s): %s", len(records), self.last_error)
