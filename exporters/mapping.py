@@ -17,12 +17,12 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 from wflo_otel import attributes as A
+from wflo_otel.genai_spans import LLM_OPERATIONS, PROVIDER, call_usage, first, is_llm_call, own_usage, service_tier
 
 from .records import SpanRecord
 
 _log = logging.getLogger(__name__)
 
-LLM_OPERATIONS = frozenset({"chat", "text_completion", "embeddings", "generate_content", "responses"})
 _STEP_KINDS = frozenset({"workflow", "step", "llm", "tool", "other"})
 _PROMOTED = frozenset({A.WFLO_WORKFLOW_INPUTS})  # stored in their own column, not repeated in attributes
 
@@ -191,11 +191,11 @@ def _step_kind(attrs: Mapping[str, Any], is_root: bool) -> str:
         return "workflow"
     # Before the root check: a bare LLM call with no workflow around it (zero-code runs)
     # is its own root, and must still be a priced step counted in the execution totals.
-    if operation in LLM_OPERATIONS or A.GEN_AI_USAGE_INPUT_TOKENS in attrs or A.LEGACY_USAGE_PROMPT_TOKENS in attrs:
+    if operation in LLM_OPERATIONS or is_llm_call(attrs):
         return "llm"
     if is_root:
         return "workflow"
-    if operation == "execute_tool":
+    if operation == "execute_tool" or attrs.get(A.OPENINFERENCE_SPAN_KIND) == "TOOL":
         return "tool"
     return "other"
 
@@ -205,12 +205,9 @@ def _step_row(record: SpanRecord, execution_id: str, is_root: bool, pricebook) -
     attrs = record.attributes
     get = attrs.get
     kind = _step_kind(attrs, is_root)
-    input_tokens = _token_count(get, A.GEN_AI_USAGE_INPUT_TOKENS, A.LEGACY_USAGE_PROMPT_TOKENS)
-    output_tokens = _token_count(get, A.GEN_AI_USAGE_OUTPUT_TOKENS, A.LEGACY_USAGE_COMPLETION_TOKENS)
-    cache_read = _token_count(get, A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)
-    reasoning = _token_count(get, A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS)
-    request_model = get(A.GEN_AI_REQUEST_MODEL)
-    response_model = get(A.GEN_AI_RESPONSE_MODEL)
+    # A call's usage under whichever instrumentation's names the span has it.
+    usage = call_usage(attrs) if kind == "llm" else own_usage(attrs)
+    request_model, response_model, input_tokens, output_tokens, cache_read, reasoning = usage
     cost, cost_source = get(A.WFLO_COST_USD), get(A.WFLO_COST_SOURCE)
     if kind == "llm" and cost is None and cost_source is None and input_tokens is not None and pricebook is not None:
         priced = pricebook.cost(
@@ -219,6 +216,7 @@ def _step_row(record: SpanRecord, execution_id: str, is_root: bool, pricebook) -
             output_tokens=output_tokens or 0,
             cache_read_tokens=cache_read or 0,
             reasoning_tokens=reasoning or 0,
+            service_tier=service_tier(attrs),
         )
         cost, cost_source = priced.usd, priced.source
     start_ns, end_ns = record.start_ns, record.end_ns
@@ -232,7 +230,7 @@ def _step_row(record: SpanRecord, execution_id: str, is_root: bool, pricebook) -
         "kind": kind,
         "status": record.status_code,
         "error_type": get(A.ERROR_TYPE),
-        "provider": get(A.GEN_AI_PROVIDER_NAME) or get(A.LEGACY_GEN_AI_SYSTEM),
+        "provider": get(A.GEN_AI_PROVIDER_NAME) or (first(get, PROVIDER) if kind == "llm" else None),
         "operation": get(A.GEN_AI_OPERATION_NAME),
         "request_model": request_model,
         "response_model": response_model,
@@ -250,17 +248,6 @@ def _step_row(record: SpanRecord, execution_id: str, is_root: bool, pricebook) -
         "attributes": attrs if A.WFLO_WORKFLOW_INPUTS not in attrs else {k: v for k, v in attrs.items() if k not in _PROMOTED},
         "events": list(record.events) if record.events else None,
     }
-
-
-def _token_count(get, key: str, legacy: str | None = None) -> int | None:
-    value = get(key)
-    if value is None and legacy is not None:
-        value = get(legacy)
-    if value is None:
-        return None
-    if value.__class__ is not int:
-        value = _int(value)
-    return value if value is None or -_INT64 <= value < _INT64 else None
 
 
 _INT64 = 1 << 63  # the columns are BIGINT: a count beyond it is no count we could store

@@ -204,3 +204,82 @@ print("adopted")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "adopted" in result.stdout
+
+
+PROPAGATING_APP = APP + """
+from opentelemetry import propagate
+
+print("propagators:", [type(p).__name__ for p in getattr(propagate.get_global_textmap(), "_propagators", [])])
+"""
+
+
+def test_otel_propagators_naming_wflo_baggage_starts_the_app_and_installs_it(tmp_path, openai_server):
+    """What the README tells users with OTEL_PROPAGATORS set; it once was a circular import at start-up."""
+    result = run_instrumented(
+        tmp_path, PROPAGATING_APP, openai_server, OTEL_TRACES_EXPORTER="wflo", OTEL_PROPAGATORS="tracecontext,wflo_baggage"
+    )
+    assert "answered 2" in result.stdout
+    assert "propagators: ['TraceContextTextMapPropagator', 'WfloBaggagePropagator']" in result.stdout
+    assert len(rows(tmp_path / "wflo.db", "SELECT id FROM workflow_executions")) == 4
+
+
+CONFIGURE_INSIDE = """
+import os
+import sqlite3
+
+import openai
+import wflo_otel
+from opentelemetry import trace
+
+handle = wflo_otel.configure("sqlite:///elsewhere.db", default_budget_usd=0.000001, unknown_model="refuse")
+client = openai.OpenAI(base_url=os.environ["FAKE_OPENAI_URL"], api_key="test-key", max_retries=0)
+tracer = trace.get_tracer("app")
+for model in ("gpt-4o-mini", "house-model-7b"):
+    with tracer.start_as_current_span("job"):
+        try:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=10)
+            print(model, "sent")
+        except wflo_otel.BudgetExceededError as exc:
+            print(model, "refused", "unknown price" if exc.unknown_price else "over budget")
+assert handle.force_flush()
+print("rows after force_flush:", sqlite3.connect("wflo.db").execute("SELECT COUNT(*) FROM step_executions").fetchone()[0])
+"""
+
+
+def test_configure_inside_a_zero_code_run_applies_its_policies_flushes_and_names_what_it_ignores(tmp_path, openai_server):
+    result = run_instrumented(tmp_path, CONFIGURE_INSIDE, openai_server, OTEL_TRACES_EXPORTER="wflo")
+    assert "gpt-4o-mini refused over budget" in result.stdout
+    assert "house-model-7b refused unknown price" in result.stdout
+    assert "rows after force_flush: 4" in result.stdout  # two roots, two refused calls: before the process exits
+    assert "ignored: database_url" in result.stderr
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
+OTHER_OPENAI_INSTRUMENTOR = """
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+
+class OtherOpenAIInstrumentor(BaseInstrumentor):  # what openai-v2 or OpenLLMetry register
+    def instrumentation_dependencies(self):
+        return ["openai >= 1.0"]
+
+    def _instrument(self, **kwargs):
+        print("other openai instrumentation loaded", flush=True)
+
+    def _uninstrument(self, **kwargs):
+        pass
+"""
+
+
+def test_a_second_openai_instrumentation_is_not_loaded_beside_ours(tmp_path, openai_server):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "other_openai.py").write_text(OTHER_OPENAI_INSTRUMENTOR)
+    info = site / "other_openai-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: other-openai\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[opentelemetry_instrumentor]\nopenai = other_openai:OtherOpenAIInstrumentor\n")
+    result = run_instrumented(tmp_path, APP, openai_server, OTEL_TRACES_EXPORTER="wflo", PYTHONPATH=str(site))
+    assert "other openai instrumentation loaded" not in result.stdout
+    assert "not loading other_openai:OtherOpenAIInstrumentor" in result.stderr
+    assert rows(tmp_path / "wflo.db", "SELECT COUNT(*) FROM step_executions WHERE kind = 'llm'") == [(4,)]

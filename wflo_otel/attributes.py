@@ -33,6 +33,19 @@ ERROR_TYPE = "error.type"
 LEGACY_GEN_AI_SYSTEM = "gen_ai.system"
 LEGACY_USAGE_PROMPT_TOKENS = "gen_ai.usage.prompt_tokens"
 LEGACY_USAGE_COMPLETION_TOKENS = "gen_ai.usage.completion_tokens"
+LEGACY_USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read_input_tokens"  # OpenLLMetry
+LEGACY_OPENAI_RESPONSE_SERVICE_TIER = "gen_ai.openai.response.service_tier"  # openai-v2 before semconv 1.37
+
+# OpenInference (Arize Phoenix) names; read, never written.
+OPENINFERENCE_SPAN_KIND = "openinference.span.kind"
+OPENINFERENCE_MODEL_NAME = "llm.model_name"
+OPENINFERENCE_EMBEDDING_MODEL_NAME = "embedding.model_name"
+OPENINFERENCE_PROVIDER = "llm.provider"
+OPENINFERENCE_SYSTEM = "llm.system"
+OPENINFERENCE_PROMPT_TOKENS = "llm.token_count.prompt"
+OPENINFERENCE_COMPLETION_TOKENS = "llm.token_count.completion"
+OPENINFERENCE_CACHE_READ_TOKENS = "llm.token_count.prompt_details.cache_read"
+OPENINFERENCE_REASONING_TOKENS = "llm.token_count.completion_details.reasoning"
 
 OPERATION_CHAT = "chat"
 OPERATION_INVOKE_WORKFLOW = "invoke_workflow"

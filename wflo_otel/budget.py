@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from . import attributes as A
 from .errors import BudgetExceededError
+from .genai_spans import call_usage, is_llm_call, service_tier
 
 _log = logging.getLogger(__name__)
 
@@ -258,9 +259,7 @@ class BudgetSpanProcessor(SpanProcessor):
         if entry is None:
             return
         attrs = span.attributes
-        if attrs and A.WFLO_COST_SOURCE not in attrs and (
-            A.GEN_AI_USAGE_INPUT_TOKENS in attrs or A.LEGACY_USAGE_PROMPT_TOKENS in attrs
-        ):
+        if attrs and A.WFLO_COST_SOURCE not in attrs and is_llm_call(attrs):  # priced: one of ours
             self._charge_foreign(entry[0], attrs)
 
     def shutdown(self) -> None:
@@ -390,14 +389,17 @@ class BudgetSpanProcessor(SpanProcessor):
         """Price and charge a span of another instrumentation that carries GenAI usage."""
         from .pricing import default_pricebook
 
+        request_model, response_model, input_tokens, output_tokens, cache_read, reasoning = call_usage(attrs)
+        if input_tokens is None and output_tokens is None:  # a failed call: nothing to charge
+            return
         pricebook = self._pricebook or default_pricebook()
-        model = attrs.get(A.GEN_AI_RESPONSE_MODEL) or attrs.get(A.GEN_AI_REQUEST_MODEL)
         cost = pricebook.cost(
-            model,
-            input_tokens=_int(attrs.get(A.GEN_AI_USAGE_INPUT_TOKENS, attrs.get(A.LEGACY_USAGE_PROMPT_TOKENS))),
-            output_tokens=_int(attrs.get(A.GEN_AI_USAGE_OUTPUT_TOKENS, attrs.get(A.LEGACY_USAGE_COMPLETION_TOKENS))),
-            cache_read_tokens=_int(attrs.get(A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)),
-            reasoning_tokens=_int(attrs.get(A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS)),
+            response_model or request_model,
+            input_tokens=max(input_tokens or 0, 0),
+            output_tokens=max(output_tokens or 0, 0),
+            cache_read_tokens=max(cache_read or 0, 0),
+            reasoning_tokens=max(reasoning or 0, 0),
+            service_tier=service_tier(attrs),
         )
         if cost.usd:
             self.ledger.charge(chain, cost.usd)
@@ -421,13 +423,6 @@ _UNKNOWN_MODEL = (UNKNOWN_MODEL_ALLOW, UNKNOWN_MODEL_REFUSE)
 def _policy(attrs, key: str, allowed: tuple[str, ...], default: str) -> str:
     value = attrs.get(key)
     return value if value in allowed else default
-
-
-def _int(value) -> int:
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError):
-        return 0
 
 
 # The processor the instrumentation and the workflow API consult. configure() (and

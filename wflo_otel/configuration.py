@@ -91,6 +91,13 @@ class Handle:
     meter_provider: Any = None  # what configure() was given; None: the global one
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Every span ended so far is exported (in the database, for the SQL exporter).
+
+        A handle adopted from a zero-code run owns no processor: it flushes the
+        provider, whose processors the distro installed.
+        """
+        if not self.owns_budget:
+            return self.tracer_provider.force_flush(timeout_millis)
         return self.slot.force_flush(timeout_millis)
 
     def shutdown(self) -> None:
@@ -153,6 +160,18 @@ def configure(
         if tracer_provider is None:
             adopted = _adopt_zero_code_setup()
             if adopted is not None:
+                _apply_policies(adopted.budget_processor, default_budget_usd, on_exceed, unknown_model, scope_ttl_s)
+                _warn_ignored(
+                    database_url=database_url is not None,
+                    meter_provider=meter_provider is not None,
+                    exporter=exporter is not True,
+                    batch=batch is not True,
+                    propagate_budget=propagate_budget is not True,
+                    prices_file=prices_file is not None,
+                    default_output_tokens=default_output_tokens is not None,
+                    service_name=service_name is not None,
+                    instrument_openai=instrument_openai is not True,
+                )
                 _handle = adopted
                 return adopted
         pricebook = pricebook_for(prices_file)
@@ -213,6 +232,31 @@ def sql_batch_processor(exporter: SpanExporter) -> BatchSpanProcessor:
     keywords = {"OTEL_BSP_MAX_QUEUE_SIZE": "max_queue_size", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "max_export_batch_size"}
     kwargs = {keywords[name]: value for name, value in SQL_BSP_DEFAULTS.items() if not os.environ.get(name)}
     return SQLBatchSpanProcessor(exporter, **kwargs)
+
+
+def _apply_policies(
+    budget: BudgetSpanProcessor, default_budget_usd: float | None, on_exceed: str, unknown_model: str, scope_ttl_s: float
+) -> None:
+    """configure()'s budget policies, on the processor a zero-code run installed."""
+    if default_budget_usd is not None:
+        budget.default_budget_usd = default_budget_usd
+    if on_exceed != ON_EXCEED_RAISE:
+        budget.default_on_exceed = on_exceed
+    if unknown_model != UNKNOWN_MODEL_ALLOW:
+        budget.default_unknown_model = unknown_model
+    if scope_ttl_s != DEFAULT_SCOPE_TTL_S:
+        budget.scope_ttl_s = scope_ttl_s
+
+
+def _warn_ignored(**given: bool) -> None:
+    """Say which configure() arguments a zero-code run's setup cannot take, rather than drop them silently."""
+    ignored = [name for name, was_given in given.items() if was_given]
+    if ignored:
+        _log.warning(
+            "wflo-otel: configure() inside opentelemetry-instrument adopts the zero-code setup; "
+            "ignored: %s (set them through the WFLO_* / OTEL_* environment variables instead)",
+            ", ".join(ignored),
+        )
 
 
 def _adopt_zero_code_setup() -> Handle | None:

@@ -130,7 +130,18 @@ class WfloDistro(BaseDistro):
         os.environ.setdefault("OTEL_PYTHON_CONFIGURATOR", "wflo")
 
     def load_instrumentor(self, entry_point, **kwargs: Any) -> None:
-        if getattr(entry_point, "value", None) == _OPENAI_INSTRUMENTOR:
+        value = getattr(entry_point, "value", None)
+        if getattr(entry_point, "name", None) == "openai" and value != _OPENAI_INSTRUMENTOR:
+            # openai-v2 and OpenLLMetry register under the same name as ours, so
+            # OTEL_PYTHON_DISABLED_INSTRUMENTATIONS cannot tell them apart; both at once
+            # would make two spans of every call, charged and counted twice.
+            _log.warning(
+                "wflo-otel: not loading %s: wflo-otel instruments the OpenAI client itself "
+                "(two instrumentations would count every call twice)",
+                value,
+            )
+            return
+        if value == _OPENAI_INSTRUMENTOR:
             kwargs.setdefault("pricebook", pricebook())
             processor = _budget.active_processor()
             if processor is not None:
