@@ -100,6 +100,8 @@ def decode_json(body: bytes) -> ExportTraceServiceRequest:
         raise OTLPDecodeError("not valid JSON") from None
     if not isinstance(document, dict):
         raise OTLPDecodeError("an ExportTraceServiceRequest must be a JSON object")
+    if b"\\ud" in body or b"\\uD" in body:  # maybe a lone surrogate escape: protobuf refuses the whole request
+        document = _without_lone_surrogates(document)
     try:
         _ids_to_base64(document)
         request = ExportTraceServiceRequest()
@@ -107,6 +109,26 @@ def decode_json(body: bytes) -> ExportTraceServiceRequest:
     except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise OTLPDecodeError(f"not an OTLP/JSON ExportTraceServiceRequest: {_short(exc)}") from None
     return request
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """The document with each lone surrogate (``"\\ud83d"`` alone) replaced by U+FFFD.
+
+    JSON may escape half a UTF-16 pair, which no UTF-8 string can hold: protobuf would
+    refuse the whole request (400), and a Collector drops a batch answered 400. The
+    replacement is what OTEP 257 recommends for invalid text; a pair JSON escaped whole
+    is one character already.
+    """
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    return value
 
 
 def _short(exc: BaseException) -> str:

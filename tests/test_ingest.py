@@ -552,3 +552,17 @@ def test_an_empty_request_is_a_success(sqlite_ingest):
     assert post(sqlite_ingest, b"")[0] == 200
     assert post(sqlite_ingest, b"{}", content_type=JSON)[0] == 200
     assert post(sqlite_ingest, ExportTraceServiceRequest().SerializeToString())[0] == 200
+
+
+def test_a_lone_surrogate_escape_in_json_is_replaced_and_its_request_lands(ingest, database_url):
+    """A Collector drops a batch answered 400: one half UTF-16 pair must not cost the whole request."""
+    request = make_request(traces=2, spans_per_trace=3, seed=29)
+    document = json.loads(to_json(request))
+    first = document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    first["name"] = "report-\ud83d.pdf"  # json.dumps writes the lone half as the escape \\ud83d
+    body = json.dumps(document).encode()
+    assert b"\\ud83d" in body
+    status, _, _ = post(ingest, body, content_type=JSON)
+    assert status == 200
+    names = {row[0] for row in query(database_url, "SELECT name FROM step_executions")}
+    assert "report-\ufffd.pdf" in names and len(query(database_url, "SELECT id FROM step_executions")) == 6
