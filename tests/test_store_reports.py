@@ -149,5 +149,6 @@ def test_db_current_names_the_head_and_the_revisions_applied(database_url, capsy
 
 
 def test_prune_refuses_an_age_it_cannot_read(capsys):
-    with pytest.raises(Exception):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
         main(["--database-url", "sqlite:///unused.db", "db", "prune", "--older-than", "soon"])
+    assert exit_info.value.code == 2 and "soon" in capsys.readouterr().err

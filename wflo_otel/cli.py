@@ -4,36 +4,71 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import sys
 from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from .exporters.store import DEFAULT_DATABASE_URL, create_engine
 from .reports import QUERIES, TITLES
 from .settings import database_url
 
 
+ENV_DEBUG = "WFLO_DEBUG"
+
+
+class CommandError(Exception):
+    """A failure the command explains itself: its message is printed as is, without a traceback."""
+
+
 def _database_url(args: argparse.Namespace) -> str:
     return database_url(args.database_url)
+
+
+def _existing_database_url(args: argparse.Namespace) -> str:
+    """The database URL of a command that only reads or deletes: a SQLite file must exist already.
+
+    Opening a mistyped SQLite path would create its folder, an empty database and a migration
+    lock file, and the command would then report an empty database instead of the typo.
+    """
+    from .exporters.checkpoint import database_path
+
+    url = _database_url(args)
+    if url.startswith("sqlite"):
+        path = database_path(url)
+        if path is not None and not os.path.isfile(path):
+            raise CommandError(
+                f"no database at {os.path.abspath(path)}\n"
+                "hint: check the path (--database-url or $WFLO_DATABASE_URL); `wflo-otel db upgrade` creates a database"
+            )
+    return url
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
     from . import migrations
 
-    url = _database_url(args)
     if args.db_command == "upgrade":
+        url = _database_url(args)
         migrations.upgrade(url, args.revision)
         print(f"schema at {args.revision} on {_safe(url)}")
     elif args.db_command == "downgrade":
+        url = _existing_database_url(args)
         migrations.downgrade(url, args.revision)
         print(f"schema downgraded to {args.revision} on {_safe(url)}")
     elif args.db_command == "prune":
-        older_than = parse_age(args.older_than)
-        executions, steps, cutoff = asyncio.run(prune(url, older_than, dry_run=args.dry_run))
+        url = _existing_database_url(args)
+        result = asyncio.run(
+            prune(url, args.older_than, dry_run=args.dry_run, include_running=args.include_running)
+        )
         verb = "would delete" if args.dry_run else "deleted"
-        print(f"{verb} {executions} executions and {steps} steps started before {cutoff.isoformat(timespec='seconds')}")
+        cutoff = result.cutoff.isoformat(timespec="seconds")
+        line = f"{verb} {result.executions} executions and {result.steps} steps started before {cutoff}"
+        if result.running_kept:
+            line += f"; kept {result.running_kept} still RUNNING (--include-running deletes them too)"
+        print(line)
     else:
+        url = _existing_database_url(args)
         revision = asyncio.run(migrations.run_async(url, migrations.current_revision))
         print(describe_revision(revision))
     return 0
@@ -60,38 +95,67 @@ _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "w
 
 
 def parse_age(text: str) -> timedelta:
-    """``30d``, ``12h``, ``2w``, ``90m``, ``45s`` → a timedelta."""
+    """``30d``, ``12h``, ``2w``, ``90m``, ``45s`` → a timedelta.
+
+    ``argparse.ArgumentTypeError`` for text that is not an age, and for an age reaching back
+    before year 1 (``100000000w``), which no date can be computed for.
+    """
     match = _AGE.match(text)
     if not match:
         raise argparse.ArgumentTypeError(f"not an age: {text!r} (use e.g. 30d, 12h, 2w, 90m)")
-    return timedelta(**{_AGE_UNITS[match.group(2).lower()]: float(match.group(1))})
+    try:
+        age = timedelta(**{_AGE_UNITS[match.group(2).lower()]: float(match.group(1))})
+        datetime.now(timezone.utc) - age  # the cutoff prune computes
+    except (OverflowError, ValueError):
+        raise argparse.ArgumentTypeError(f"age too large: {text!r}") from None
+    return age
 
 
-async def prune(url: str, older_than: timedelta, *, dry_run: bool = False) -> tuple[int, int, datetime]:
+class PruneResult(NamedTuple):
+    executions: int
+    steps: int
+    cutoff: datetime
+    running_kept: int = 0  # old executions left alone because they are still RUNNING
+
+
+async def prune(
+    url: str, older_than: timedelta, *, dry_run: bool = False, include_running: bool = False
+) -> PruneResult:
     """Delete executions that started before now - ``older_than``, with their steps (FK cascade).
 
-    Returns (executions, steps, cutoff). One transaction.
+    An execution still ``RUNNING`` (its workflow root span has not arrived yet) is kept unless
+    ``include_running``: deleting it would lose its steps' totals, and the root landing later
+    would bring it back with no calls and no cost. One transaction; a dry run counts the same rows.
     """
     import sqlalchemy as sa
 
+    from .attributes import STATUS_RUNNING
     from .exporters.schema import step_executions as s, workflow_executions as e
 
     cutoff = datetime.now(timezone.utc) - older_than
     old = e.c.started_at < cutoff
+    doomed = old if include_running else sa.and_(old, e.c.status != STATUS_RUNNING)
     engine = create_engine(url)
     try:
         async with engine.begin() as conn:
-            executions = (await conn.execute(sa.select(sa.func.count()).select_from(e).where(old))).scalar_one()
+            executions = (await conn.execute(sa.select(sa.func.count()).select_from(e).where(doomed))).scalar_one()
             steps = (
                 await conn.execute(
-                    sa.select(sa.func.count()).select_from(s.join(e, s.c.execution_id == e.c.id)).where(old)
+                    sa.select(sa.func.count()).select_from(s.join(e, s.c.execution_id == e.c.id)).where(doomed)
                 )
             ).scalar_one()
+            running_kept = 0
+            if not include_running:
+                running_kept = (
+                    await conn.execute(
+                        sa.select(sa.func.count()).select_from(e).where(old, e.c.status == STATUS_RUNNING)
+                    )
+                ).scalar_one()
             if not dry_run and executions:
-                await conn.execute(sa.delete(e).where(old))
+                await conn.execute(sa.delete(e).where(doomed))
     finally:
         await engine.dispose()
-    return executions, steps, cutoff
+    return PruneResult(executions, steps, cutoff, running_kept)
 
 
 async def fetch(url: str, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
@@ -162,14 +226,8 @@ def print_report(url: str, out=None, *, execution_id: str | None = None, workflo
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    url = _database_url(args)
-    try:
-        print_report(url, execution_id=args.execution, workflow=args.workflow)
-    except Exception as exc:  # most often: a database not migrated to the report views yet
-        print(f"wflo-otel: report failed on {_safe(url)}: {exc}", file=sys.stderr)
-        print("hint: `wflo-otel db upgrade` creates the report views (alembic revision 0002)", file=sys.stderr)
-        return 1
-    return 0
+    print_report(_existing_database_url(args), execution_id=args.execution, workflow=args.workflow)
+    return 0  # failures: main() prints one line, with a hint for the kind of error
 
 
 def _cmd_spool(args: argparse.Namespace) -> int:
@@ -220,14 +278,107 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _safe(url: str) -> str:
+    """``url`` with its password hidden; for text that is no URL, a best effort at the same."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+# Commands whose failures are about the database (the message names it, the hint is worded for it).
+_DATABASE_COMMANDS = {"db", "report", "spool", "serve"}
+
+
+def _error_chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, the driver error SQLAlchemy wraps, and the errors they were raised from."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain) and len(chain) < 16:
+        chain.append(current)
+        current = getattr(current, "orig", None) or current.__cause__
+    return chain
+
+
+def _describe_error(exc: BaseException) -> str:
+    """The first line of the error, as Python's last traceback line names it.
+
+    For an error SQLAlchemy wraps, the driver's own (``InvalidCatalogNameError: database "x"
+    does not exist`` rather than SQLAlchemy's text with its SQL and background link).
+    """
+    if isinstance(exc, CommandError):
+        return str(exc).splitlines()[0]
+    error = exc
+    while getattr(error, "orig", None) is not None:
+        error = error.orig
+    while type(error).__module__.startswith("sqlalchemy") and error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def _hint(exc: BaseException, url: str) -> str | None:
+    """What to do about a database failure, by its kind."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return "a database URL looks like sqlite:///path/to/wflo.db or postgresql://user:password@host:5432/dbname"
+    chain = _error_chain(exc)
+    states = [getattr(e, "sqlstate", None) or getattr(e, "pgcode", None) for e in chain]
+    states = [state for state in states if isinstance(state, str)]
+    texts = " ".join(f"{type(e).__name__} {e}".lower() for e in chain)
+    if "42P01" in states or "no such table" in texts or "undefinedtable" in texts:
+        return "run `wflo-otel db upgrade` to create the tables and report views"
+    if parsed.get_backend_name() == "sqlite":
+        if "unable to open database" in texts or any(isinstance(e, OSError) for e in chain):
+            return "can the database file and its folder be opened (path, permissions)?"
+        return None
+    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+    running = f'is the database running at {where}, and does database "{parsed.database}" exist?'
+    if "3D000" in states:
+        return f"{running} (createdb it, then `wflo-otel db upgrade`)"
+    if any(state.startswith("28") for state in states):
+        return f"the server at {where} refused the credentials: check the user and password in the URL"
+    unreachable = any(isinstance(e, (OSError, TimeoutError)) for e in chain)
+    if unreachable or any(state.startswith(("08", "57P03")) for state in states):
+        return running
+    return None
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    sub = getattr(args, "db_command", None) or getattr(args, "spool_command", None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
+def _report_failure(args: argparse.Namespace, exc: BaseException) -> None:
+    command = _command_name(args)
+    if isinstance(exc, CommandError):
+        print(f"wflo-otel: {exc}", file=sys.stderr)
+        return
+    if args.command not in _DATABASE_COMMANDS:
+        print(f"wflo-otel: {command} failed: {_describe_error(exc)}", file=sys.stderr)
+        return
+    url = args.database_url or ""
+    try:
+        url = _database_url(args)
+    except Exception:
+        pass
+    print(f"wflo-otel: {command} failed on {_safe(url)}: {_describe_error(exc)}", file=sys.stderr)
+    hint = _hint(exc, url)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wflo-otel", description=__doc__)
     parser.add_argument("--database-url", help="default: $WFLO_DATABASE_URL or " + DEFAULT_DATABASE_URL)
+    parser.add_argument(
+        "--debug", action="store_true", help=f"print the traceback of a failure (or set ${ENV_DEBUG}=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="schema migrations (alembic)")
@@ -237,9 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
     down = db_sub.add_parser("downgrade", help="downgrade the schema")
     down.add_argument("revision", help="target revision, e.g. base or -1")
     db_sub.add_parser("current", help="print the current revision and the revisions applied")
-    prune_parser = db_sub.add_parser("prune", help="delete old executions with their steps")
-    prune_parser.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 2w (by started_at)")
+    prune_parser = db_sub.add_parser(
+        "prune",
+        help="delete old executions with their steps (not those still RUNNING)",
+        description="Delete executions that started before now - AGE, with their steps. An execution still"
+        " RUNNING (its workflow's root span has not arrived yet) is kept unless --include-running.",
+    )
+    prune_parser.add_argument(
+        "--older-than", required=True, metavar="AGE", type=parse_age, help="e.g. 30d, 12h, 2w (by started_at)"
+    )
     prune_parser.add_argument("--dry-run", action="store_true", help="count, do not delete")
+    prune_parser.add_argument(
+        "--include-running",
+        action="store_true",
+        help="also delete executions still RUNNING (whose root span never arrived, e.g. a crashed process)",
+    )
     db.set_defaults(func=_cmd_db)
 
     report = sub.add_parser(
@@ -269,8 +432,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; a failure prints one line (and a hint) to stderr and returns 1, Ctrl-C 130."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug or os.environ.get(ENV_DEBUG, "").strip().lower() not in ("", "0", "false", "no"):
+            import traceback
+
+            traceback.print_exc()
+        _report_failure(args, exc)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
