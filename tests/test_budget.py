@@ -72,10 +72,10 @@ def test_call_must_fit_every_enclosing_scope_and_each_reports_its_spend(telemetr
     with wflo_otel.workflow("outer", budget_usd=1.0) as outer:
         _chat(client)
         with tracer.start_as_current_span("inner-scope", attributes={"wflo.budget.usd": 0.0001}):
-            _chat(client)
+            _chat(client, service_tier="default")  # no tier may be served at priority: reserved at its price
             with pytest.raises(BudgetExceededError) as caught:
                 for _ in range(20):
-                    _chat(client)
+                    _chat(client, service_tier="default")
             assert caught.value.workflow == "inner-scope"
         inner_scope_spend = sum(
             s.attributes.get("wflo.cost.usd", 0) for s in telemetry.llm_spans()[1:]

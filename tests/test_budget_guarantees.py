@@ -46,7 +46,9 @@ def test_500_concurrent_tasks_never_spend_past_the_budget(spans, max_output_serv
 
             async def one():
                 try:
-                    await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=100)
+                    await client.chat.completions.create(
+                        model="gpt-4o-mini", messages=MESSAGES, max_tokens=100, service_tier="default"
+                    )
                     return 1
                 except BudgetExceededError as exc:
                     assert exc.refused, "with ceilings given, nothing may overrun after the fact"
@@ -237,10 +239,10 @@ def test_a_request_for_n_choices_reserves_n_times_the_output_ceiling(spans, max_
     before = max_output_server.request_count
     with pytest.raises(BudgetExceededError) as caught:
         with wflo_otel.workflow("choices", budget_usd=0.011) as wf:
-            client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000, n=8)
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000, n=8, service_tier="default")
     assert caught.value.refused and max_output_server.request_count == before, "refused before sending"
     with wflo_otel.workflow("choices", budget_usd=0.011) as wf:
-        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000, n=1)
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000, n=1, service_tier="default")
     assert 0 < wf.spent_usd <= 0.011
 
 

@@ -329,7 +329,8 @@ def test_max_cost_bounds_cost_for_random_usages(model: ModelInfo) -> None:
 
 
 def test_max_cost_gives_no_cache_discount() -> None:
-    assert PriceBook().max_cost("gpt-4o-mini", 1000, 500) == pytest.approx(1000 * 0.15e-6 + 500 * 0.6e-6, rel=1e-12)
+    bound = PriceBook().max_cost("gpt-4o-mini", 1000, 500, service_tier="default")
+    assert bound == pytest.approx(1000 * 0.15e-6 + 500 * 0.6e-6, rel=1e-12)
 
 
 def test_max_cost_uses_the_highest_tier_rate() -> None:
@@ -342,6 +343,247 @@ def test_max_cost_uses_the_highest_tier_rate() -> None:
     assert isinstance(entry, pricing._CalcPrice)
     assert (entry.max_input, entry.max_output) == pytest.approx((2e-6, 6e-6))
     assert entry.cost(1000, 1000, 0, 0).usd == pytest.approx(1000 * 1e-6 + 1000 * 4e-6)
+
+
+# --- max_cost and service tiers ------------------------------------------------------
+#
+# A request names the tier it asks for; the response names the tier that served it,
+# and the call is charged at that one. A request for no tier, or "auto", may be served
+# at any tier (e.g. a project configured for priority), so its reservation must cover
+# every tier's price; an explicit tier is bounded at its own prices.
+
+# Every tier a response could report: the model's own variants, the ones OpenAI
+# documents, and ones cost() prices at the standard price.
+_RESPONSE_TIERS = (None, "default", "auto", "flex", "priority", "fast", "scale", "batch", "no-such-tier")
+OPENAI_PRIORITY_MODELS = [m for m in OPENAI_TOKEN_MODELS if "priority" in _service_tiers(m)]
+OPENAI_FLEX_MODELS = [m for m in OPENAI_TOKEN_MODELS if "flex" in _service_tiers(m)]
+
+
+def test_the_snapshot_has_priority_and_flex_prices() -> None:
+    assert len(OPENAI_PRIORITY_MODELS) >= 10
+    assert any(m.id == "gpt-4o" for m in OPENAI_PRIORITY_MODELS)
+    assert OPENAI_FLEX_MODELS
+
+
+@pytest.mark.parametrize("model", OPENAI_PRIORITY_MODELS, ids=lambda m: m.id)
+@pytest.mark.parametrize("requested", [None, "auto"])
+def test_a_request_for_no_tier_or_auto_is_bounded_over_every_tier(model: ModelInfo, requested: str | None) -> None:
+    book = PriceBook()
+    ref = _ref_for(model)
+    served_tiers = sorted({*_RESPONSE_TIERS, *_service_tiers(model)}, key=str)
+    for i, o, c, r in _random_usages(seed=zlib.crc32(model.id.encode()), n=40):
+        bound = book.max_cost(ref, i, o, service_tier=requested)
+        assert bound is not None
+        for served in served_tiers:
+            cost = book.cost(ref, i, o, c, r, service_tier=served).usd
+            assert cost is not None
+            assert bound >= cost * (1 - 1e-12), (ref, requested, served, (i, o, c, r), bound, cost)
+
+
+@pytest.mark.parametrize("model", OPENAI_PRIORITY_MODELS, ids=lambda m: m.id)
+def test_no_tier_and_auto_bound_at_least_the_priority_price(model: ModelInfo) -> None:
+    book = PriceBook()
+    ref = _ref_for(model)
+    priority = book.max_cost(ref, 10_000, 4_096, service_tier="priority")
+    assert priority is not None
+    assert book.max_cost(ref, 10_000, 4_096) == book.max_cost(ref, 10_000, 4_096, service_tier="auto")
+    assert book.max_cost(ref, 10_000, 4_096) >= priority  # type: ignore[operator]
+    assert priority >= book.cost(ref, 10_000, 4_096, 0, 0, service_tier="priority").usd  # type: ignore[operator]
+
+
+def test_gpt_4o_reservation_covers_a_priority_answer() -> None:
+    """The audit's case: reserved at the standard price, charged at priority."""
+    book = PriceBook()
+    charged = book.cost("gpt-4o", 10_000, 4_096, 0, 0, service_tier="priority").usd
+    standard = book.cost("gpt-4o", 10_000, 4_096, 0, 0).usd
+    assert charged is not None and standard is not None and charged > standard
+    for requested in (None, "auto", "priority"):
+        assert book.max_cost("gpt-4o", 10_000, 4_096, service_tier=requested) == pytest.approx(charged, rel=1e-12)
+    assert book.max_cost("gpt-4o", 10_000, 4_096, service_tier="default") == pytest.approx(standard, rel=1e-12)
+
+
+@pytest.mark.parametrize("model", OPENAI_FLEX_MODELS, ids=lambda m: m.id)
+def test_an_explicit_flex_request_is_bounded_at_the_flex_price(model: ModelInfo) -> None:
+    book = PriceBook()
+    ref = _ref_for(model)
+    i, o = 20_000, 2_000
+    flex_bound = book.max_cost(ref, i, o, service_tier="flex")
+    flex_entry = book._cache[(ref, "flex")]
+    assert flex_bound == pytest.approx(i * flex_entry.max_input + o * flex_entry.max_output, rel=1e-12)
+    if isinstance(flex_entry, pricing._FlatPrice):  # uncached usage costs exactly the bound
+        assert flex_bound == pytest.approx(book.cost(ref, i, o, 0, 0, service_tier="flex").usd, rel=1e-12)
+    assert flex_bound <= book.max_cost(ref, i, o)  # type: ignore[operator]
+    for c, r in ((0, 0), (i // 2, o // 2), (i, o)):
+        assert flex_bound >= book.cost(ref, i, o, c, r, service_tier="flex").usd * (1 - 1e-12)  # type: ignore[operator]
+
+
+def test_an_explicit_flex_bound_is_the_flex_rates_below_the_standard_ones() -> None:
+    model = next((m for m in OPENAI_FLEX_MODELS if m.id == "gpt-5.4"), None)
+    if model is None:
+        pytest.skip("snapshot has no flex variant for gpt-5.4")
+    book = PriceBook()
+    flex = book.max_cost("gpt-5.4", 1_000, 1_000, service_tier="flex")
+    default = book.max_cost("gpt-5.4", 1_000, 1_000, service_tier="default")
+    any_tier = book.max_cost("gpt-5.4", 1_000, 1_000)
+    assert flex is not None and default is not None and any_tier is not None
+    assert flex < default <= any_tier
+
+
+def test_all_tier_bound_of_a_model_without_tiers_is_its_only_price() -> None:
+    model = next(m for m in OPENAI_TOKEN_MODELS if not _service_tiers(m) and m.id == "o3-mini")
+    book = PriceBook()
+    ref = _ref_for(model)
+    assert book.max_cost(ref, 1_000, 500) == book.max_cost(ref, 1_000, 500, service_tier="default")
+    assert not isinstance(book._bounds[ref], pricing._TierBound)  # one price: its entry is the bound
+
+
+def test_all_tier_bound_is_cached_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    book = PriceBook()
+    first = book.max_cost("gpt-4o", 1_000, 500)
+    assert isinstance(book._bounds["gpt-4o"], pricing._TierBound)
+
+    def fail(model: object) -> object:
+        raise AssertionError("rebuilt a cached bound")
+
+    monkeypatch.setattr(book, "_build_bound", fail)
+    assert book.max_cost("gpt-4o", 1_000, 500) == first
+    assert book.max_cost("gpt-4o", 1_000, 500, service_tier="auto") == first
+
+
+@pytest.mark.parametrize("tier", [["priority"], 42, object()])
+def test_a_non_string_tier_is_bounded_over_every_tier(tier: object) -> None:
+    book = PriceBook()
+    bound = book.max_cost("gpt-4o", 1_000, 500, service_tier=tier)  # type: ignore[arg-type]
+    assert bound == book.max_cost("gpt-4o", 1_000, 500)
+
+
+def test_an_override_bounds_every_tier_and_replaces_a_cached_bound() -> None:
+    book = PriceBook()
+    assert book.max_cost("gpt-4o", 1_000_000, 0) == pytest.approx(4.25)  # priority input price
+    book.set_price("gpt-4o", input_per_mtok=3.0, output_per_mtok=9.0)
+    for tier in (None, "auto", "priority", "flex"):
+        assert book.max_cost("gpt-4o", 1_000_000, 1_000_000, service_tier=tier) == pytest.approx(12.0)
+
+
+def test_all_tier_bound_cache_size_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pricing, "_MAX_CACHE_ENTRIES", 10)
+    book = PriceBook()
+    for n in range(50):
+        assert book.max_cost(f"made-up-model-{n}", 1, 1) is None
+    assert len(book._bounds) <= 10
+    assert book.max_cost("gpt-4o-mini", 1, 1) is not None
+
+
+# --- audio and cache-write tokens --------------------------------------------------------
+
+
+def _has_price(model: ModelInfo, key: str) -> bool:
+    prices = [model.get_prices(datetime.now(tz=timezone.utc)), *(v.prices for v in model.price_variants or ())]
+    return any(p.__dict__.get(key) is not None for p in prices)
+
+
+OPENAI_AUDIO_MODELS = [
+    m for m in OPENAI_TOKEN_MODELS if _has_price(m, "input_audio_mtok") or _has_price(m, "output_audio_mtok")
+]
+OPENAI_CACHE_WRITE_MODELS = [m for m in OPENAI_TOKEN_MODELS if _has_price(m, "cache_write_mtok")]
+
+
+def test_bounds_count_every_token_rate_of_a_side() -> None:
+    for key in ("input_mtok", "cache_read_mtok", "cache_write_mtok", "input_audio_mtok", "cache_audio_read_mtok"):
+        assert key in pricing._INPUT_SIDE_KEYS
+    for key in ("output_mtok", "output_reasoning_mtok", "output_audio_mtok"):
+        assert key in pricing._OUTPUT_SIDE_KEYS
+    assert OPENAI_AUDIO_MODELS and OPENAI_CACHE_WRITE_MODELS
+
+
+def _audio_usages(seed: int, n: int = 40) -> list[tuple[int, int, int, int, int, int, int]]:
+    """(input, output, cached, reasoning, audio in, audio out, cache write), consistent."""
+    rng = random.Random(seed)
+    usages = []
+    for i, o, c, r in _random_usages(seed, n):
+        w = rng.choice([0, i - c, rng.randint(0, i - c)])
+        ia = rng.choice([0, i, rng.randint(0, i)])
+        oa = rng.choice([0, o, rng.randint(0, o)])
+        usages.append((i, o, c, r, ia, oa, w))
+    return usages
+
+
+def _reference_detailed(ref: str, usage: tuple[int, ...], tier: str | None = None) -> float:
+    i, o, c, r, ia, oa, w = usage
+    genai_usage = Usage(
+        input_tokens=i, output_tokens=o, cache_read_tokens=c, output_reasoning_tokens=r,
+        input_audio_tokens=ia, output_audio_tokens=oa, cache_write_tokens=w,
+    )
+    context = {"service_tier": tier} if tier else None
+    return float(calc_price(genai_usage, ref, provider_id="openai", price_context=context).total_price)
+
+
+@pytest.mark.parametrize("model", OPENAI_AUDIO_MODELS + OPENAI_CACHE_WRITE_MODELS, ids=lambda m: m.id)
+def test_audio_and_cache_write_tokens_are_priced_and_bounded(model: ModelInfo) -> None:
+    book = PriceBook()
+    ref = _ref_for(model)
+    for tier in [None, *_service_tiers(model)]:
+        for usage in _audio_usages(seed=zlib.crc32(f"{model.id}/{tier}".encode())):
+            i, o, c, r, ia, oa, w = usage
+            got = book.cost(
+                ref, i, o, c, r, service_tier=tier, input_audio_tokens=ia, output_audio_tokens=oa, cache_write_tokens=w
+            ).usd
+            try:
+                expected = _reference_detailed(ref, usage, tier)
+            except ValueError:  # genai-prices refuses this split (e.g. audio and cache both counted)
+                continue
+            assert got is not None and math.isclose(got, expected, rel_tol=REL_TOL), (ref, tier, usage, got, expected)
+            for requested in (tier, None):
+                bound = book.max_cost(ref, i, o, service_tier=requested)
+                assert bound is not None and bound >= got * (1 - 1e-12), (ref, requested, tier, usage, bound, got)
+
+
+def test_audio_model_from_the_audit_is_priced_and_reserved_at_audio_rates() -> None:
+    if not any(m.id == "gpt-audio" for m in OPENAI_AUDIO_MODELS):
+        pytest.skip("snapshot has no audio prices for gpt-audio")
+    book = PriceBook()
+    cost = book.cost("gpt-audio", 2000, 1000, input_audio_tokens=1900, output_audio_tokens=1000)
+    assert cost.usd == pytest.approx(_reference_detailed("gpt-audio", (2000, 1000, 0, 0, 1900, 1000, 0)), rel=REL_TOL)
+    assert cost.usd > book.cost("gpt-audio", 2000, 1000).usd  # type: ignore[operator]
+    assert book.max_cost("gpt-audio", 2000, 1000) >= cost.usd  # type: ignore[operator]
+
+
+def test_cache_write_model_from_the_audit_is_priced_at_its_write_rate() -> None:
+    if not any(m.id == "gpt-6-sol" for m in OPENAI_CACHE_WRITE_MODELS):
+        pytest.skip("snapshot has no cache-write price for gpt-6-sol")
+    book = PriceBook()
+    cost = book.cost("gpt-6-sol", 100_000, 1000, cache_write_tokens=90_000)
+    assert cost.usd == pytest.approx(_reference_detailed("gpt-6-sol", (100_000, 1000, 0, 0, 0, 0, 90_000)), rel=REL_TOL)
+    assert book.max_cost("gpt-6-sol", 100_000, 1000) >= cost.usd  # type: ignore[operator]
+    assert book.max_cost("gpt-6-sol", 100_000, 1000, service_tier="default") >= cost.usd  # type: ignore[operator]
+
+
+def test_audio_and_cache_write_counts_do_not_change_a_text_only_price() -> None:
+    book = PriceBook()
+    plain = book.cost("gpt-4o-mini", 1000, 500, 200)
+    detailed = book.cost(
+        "gpt-4o-mini", 1000, 500, 200, input_audio_tokens=300, output_audio_tokens=100, cache_write_tokens=400
+    )
+    assert detailed == plain
+    nones = book.cost("gpt-4o-mini", 1000, 500, input_audio_tokens=None, cache_write_tokens=None)  # type: ignore[arg-type]
+    assert nones == book.cost("gpt-4o-mini", 1000, 500)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"input_audio_tokens": -1},
+        {"output_audio_tokens": -1},
+        {"cache_write_tokens": -1},
+        {"input_audio_tokens": 1001},  # more audio than input
+        {"output_audio_tokens": 501},  # more audio than output
+        {"cache_write_tokens": 801},  # cache reads and writes past the input
+        {"input_audio_tokens": "10"},
+    ],
+)
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-audio", "gpt-6-sol", "no-such-model"])
+def test_inconsistent_audio_or_cache_write_counts_give_unknown_cost(model: str, extra: dict) -> None:
+    assert PriceBook().cost(model, 1000, 500, 200, **extra) == Cost(None, "unknown-model")
 
 
 # --- overrides -------------------------------------------------------------------
@@ -533,3 +775,113 @@ def test_a_snapshot_rebuilds_a_book_that_prices_alike_and_changes_with_an_overri
     book.set_price("in-house-llm", input_per_mtok=4.0, output_per_mtok=8.0)
     assert book.snapshot() != before
     assert PriceBook.from_snapshot(book.snapshot()).cost("in-house-llm", 1_000_000, 0).usd == pytest.approx(4.0)
+
+
+# --- end to end: a reservation holds whatever tier serves the call ------------------------
+#
+# The fake server of tests/conftest.py answers every request at service_tier "default",
+# so these use an in-memory transport that answers as a project configured for
+# priority processing does: at "priority" unless the request asks for another tier.
+
+E2E_MODEL = "gpt-4o-mini"
+E2E_MAX_TOKENS = 4096
+E2E_MESSAGES = [{"role": "user", "content": "Write the longest answer you are allowed to."}]
+
+
+class _PriorityProject:
+    """Answers chat completions with max_tokens of output, at the tier a priority project would use."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def __call__(self, request):  # type: ignore[no-untyped-def]
+        http = _http_module()
+        self.requests += 1
+        body = json.loads(request.content)
+        asked = body.get("service_tier")
+        served = asked if asked in ("default", "flex", "priority") else "priority"  # auto / none: the project's tier
+        prompt = sum(len(m["content"]) for m in body["messages"])  # bytes bound the reserved token estimate
+        completion = body["max_tokens"]
+        return http.Response(200, json={
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+            "service_tier": served,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        })
+
+
+def _http_module():  # type: ignore[no-untyped-def]
+    """The HTTP library the installed openai is built on: httpx2 for 3.x, httpx for 2.x."""
+    import openai
+
+    return __import__("httpx2" if int(openai.__version__.split(".")[0]) >= 3 else "httpx")
+
+
+@pytest.fixture
+def wflo() -> Iterator[object]:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import wflo_otel
+
+    handle = wflo_otel.configure(tracer_provider=TracerProvider(), exporter=InMemorySpanExporter(), batch=False)
+    try:
+        yield handle
+    finally:
+        handle.shutdown()
+
+
+def _priority_client(server: _PriorityProject):  # type: ignore[no-untyped-def]
+    import openai
+
+    http = _http_module()
+    return openai.OpenAI(api_key="k", base_url="http://127.0.0.1:9/v1", max_retries=0,
+                         http_client=http.Client(transport=http.MockTransport(server)))
+
+
+def _tier_kwargs(tier: str | None) -> dict[str, str]:
+    return {} if tier is None else {"service_tier": tier}
+
+
+@pytest.mark.parametrize("tier", [None, "auto", "priority"])
+def test_a_call_that_may_be_served_at_priority_is_refused_if_only_the_standard_price_fits(wflo, tier) -> None:
+    import wflo_otel
+    from wflo_otel import BudgetExceededError
+
+    if "priority" not in _service_tiers(next(m for m in OPENAI_TOKEN_MODELS if m.id == E2E_MODEL)):
+        pytest.skip("snapshot has no priority price for gpt-4o-mini")
+    book = wflo.pricebook  # type: ignore[attr-defined]
+    standard = book.max_cost(E2E_MODEL, 0, E2E_MAX_TOKENS, service_tier="default")
+    priority = book.max_cost(E2E_MODEL, 0, E2E_MAX_TOKENS, service_tier="priority")
+    budget = (standard + priority) / 2  # the output ceiling fits at the standard price only
+    server = _PriorityProject()
+    client = _priority_client(server)
+    with pytest.raises(BudgetExceededError) as caught:
+        with wflo_otel.workflow("priority", budget_usd=budget) as wf:
+            client.chat.completions.create(model=E2E_MODEL, messages=E2E_MESSAGES, max_tokens=E2E_MAX_TOKENS,
+                                           **_tier_kwargs(tier))
+    assert caught.value.refused and server.requests == 0, "refused before sending, not overrun after"
+    assert wf.spent_usd == 0.0
+
+    # Asking for the standard tier explicitly is reserved, served and charged at it.
+    with wflo_otel.workflow("default", budget_usd=budget) as wf:
+        client.chat.completions.create(model=E2E_MODEL, messages=E2E_MESSAGES, max_tokens=E2E_MAX_TOKENS,
+                                       service_tier="default")
+    assert server.requests == 1 and 0 < wf.spent_usd <= budget
+
+
+@pytest.mark.parametrize("tier", [None, "auto"])
+def test_a_call_served_at_priority_is_charged_at_priority_within_its_reservation(wflo, tier) -> None:
+    import wflo_otel
+
+    book = wflo.pricebook  # type: ignore[attr-defined]
+    server = _PriorityProject()
+    client = _priority_client(server)
+    prompt = sum(len(m["content"]) for m in E2E_MESSAGES)
+    charged = book.cost(E2E_MODEL, prompt, E2E_MAX_TOKENS, service_tier="priority").usd
+    budget = charged * 1.5  # room for the loose input estimate, at any tier
+    with wflo_otel.workflow("served", budget_usd=budget) as wf:
+        client.chat.completions.create(model=E2E_MODEL, messages=E2E_MESSAGES, max_tokens=E2E_MAX_TOKENS,
+                                       **_tier_kwargs(tier))
+    assert server.requests == 1
+    assert wf.spent_usd == pytest.approx(charged, rel=1e-9) and wf.spent_usd <= budget

@@ -14,12 +14,21 @@ once and caches the result:
   resolved genai-prices model and calls its ``calc_price`` per call;
 * an *unknown* entry, so unknown model strings are not looked up again.
 
+:meth:`PriceBook.max_cost` bounds a call before it is sent, so it must hold whatever
+tier ends up serving the request: an explicit tier (``default``, ``flex``,
+``priority``, ...) is bounded at that tier's prices, while no tier or ``auto``
+(which OpenAI may serve at the project's configured tier, e.g. priority) is bounded
+at the highest price over every tier the model has prices for. Those all-tier
+bounds are cached per model as well. Bounds cover every token rate a side can be
+billed at (audio, cache writes, images, ... as well as text).
+
 Price data is never fetched at run time (no ``UpdatePrices``); users can add or
 replace prices with overrides (code or a YAML/JSON file named by
 ``WFLO_PRICES_FILE``).
 
-Token conventions are OpenAI's: ``input_tokens`` includes ``cache_read_tokens``
-and ``output_tokens`` includes ``reasoning_tokens``.
+Token conventions are OpenAI's: ``input_tokens`` includes ``cache_read_tokens``,
+``cache_write_tokens`` and ``input_audio_tokens``, and ``output_tokens`` includes
+``reasoning_tokens`` and ``output_audio_tokens``.
 """
 
 from __future__ import annotations
@@ -71,8 +80,11 @@ OVERRIDE_SOURCE = "override"
 UNKNOWN_MODEL_SOURCE = "unknown-model"
 PRICES_FILE_ENV = "WFLO_PRICES_FILE"
 
-# Tiers that OpenAI bills at the model's standard price.
+# Tiers that cost() prices at the model's standard price. A response names the tier
+# that served it, so "auto" there means the standard price; a *request* for "auto"
+# (or none) may be served at any tier, so max_cost() bounds it over all of them.
 _BASE_TIERS = frozenset({"default", "auto"})
+_ANY_TIER = "auto"
 # Unbounded model strings (e.g. from a misbehaving proxy) must not grow memory forever.
 _MAX_CACHE_ENTRIES = 4096
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
@@ -87,9 +99,19 @@ _KNOWN_CONSTRAINTS = (StartDateConstraint, TimeOfDateConstraint)
 _PRICE_KEY_UNITS: dict[str, Mapping[str, Any]] = {u["price_key"]: u for u in unit_data.values()}
 # The only token prices the flat fast path knows how to apply.
 _FLAT_TOKEN_KEYS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok"})
-# Price keys that cost() can charge, by side; used for max_cost() upper bounds.
-_INPUT_SIDE_KEYS = ("input_mtok", "cache_read_mtok")
-_OUTPUT_SIDE_KEYS = ("output_mtok", "output_reasoning_mtok")
+# Price keys a token of each side can be billed at (text, cache reads and writes,
+# audio, images, reasoning, ...), from genai-prices' unit registry; used for
+# max_cost() upper bounds, which must hold whatever kind the tokens turn out to be.
+_INPUT_SIDE_KEYS = tuple(
+    key
+    for key, unit in _PRICE_KEY_UNITS.items()
+    if unit["dimensions"].get("family") == "tokens" and unit["dimensions"].get("direction") == "input"
+)
+_OUTPUT_SIDE_KEYS = tuple(
+    key
+    for key, unit in _PRICE_KEY_UNITS.items()
+    if unit["dimensions"].get("family") == "tokens" and unit["dimensions"].get("direction") == "output"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +152,12 @@ class _FlatPrice:
         _set_source(cost, self.source)
         return cost
 
+    def cost_detailed(self, i: int, o: int, c: int, r: int, ia: int, oa: int, w: int) -> Cost:
+        # Flat entries only exist for prices with no audio or cache-write rate (and
+        # overrides, which have none): such tokens are billed as the text input /
+        # output tokens they are counted in, as genai-prices does.
+        return self.cost(i, o, c, r)
+
     def __repr__(self) -> str:
         rates = f"input={self.input!r}, cache_read={self.cache_read!r}, output={self.output!r}"
         return f"_FlatPrice({rates}, source={self.source!r})"
@@ -158,6 +186,21 @@ class _CalcPrice:
         usage = genai_prices.Usage(
             input_tokens=i, output_tokens=o, cache_read_tokens=c, output_reasoning_tokens=r
         )
+        return self._calc(usage)
+
+    def cost_detailed(self, i: int, o: int, c: int, r: int, ia: int, oa: int, w: int) -> Cost:
+        usage = genai_prices.Usage(
+            input_tokens=i,
+            output_tokens=o,
+            cache_read_tokens=c,
+            output_reasoning_tokens=r,
+            input_audio_tokens=ia,
+            output_audio_tokens=oa,
+            cache_write_tokens=w,
+        )
+        return self._calc(usage)
+
+    def _calc(self, usage: genai_prices.Usage) -> Cost:
         try:
             calc = self.model.calc_price(usage, self.provider, price_context=self.price_context)
         except (ValueError, ArithmeticError):
@@ -181,16 +224,33 @@ class _UnknownPrice:
     def cost(self, i: int, o: int, c: int, r: int) -> Cost:
         return UNKNOWN_COST
 
+    def cost_detailed(self, i: int, o: int, c: int, r: int, ia: int, oa: int, w: int) -> Cost:
+        return UNKNOWN_COST
+
     def __repr__(self) -> str:
         return "_UnknownPrice()"
 
 
+class _TierBound:
+    """max_cost() rates of a model over all its service tiers (a request for none, or "auto")."""
+
+    __slots__ = ("max_input", "max_output")
+
+    def __init__(self, max_input: float, max_output: float) -> None:
+        self.max_input: float | None = max_input
+        self.max_output: float | None = max_output
+
+    def __repr__(self) -> str:
+        return f"_TierBound(max_input={self.max_input!r}, max_output={self.max_output!r})"
+
+
 _PriceEntry = _FlatPrice | _CalcPrice | _UnknownPrice
+_BoundEntry = _PriceEntry | _TierBound
 _UNKNOWN_ENTRY = _UnknownPrice()
 
 
 class PriceBook:
-    """Thread-safe price lookups; caches per (model, service_tier).
+    """Thread-safe price lookups; caches per (model, service_tier), and all-tier bounds per model.
 
     Reads of the cache take no lock (a dict lookup is atomic); resolving a new key,
     and changing overrides, happen under a lock so a stale entry can't be stored
@@ -207,6 +267,8 @@ class PriceBook:
         for model, prices in (overrides or {}).items():
             self._overrides[_override_key(model)] = _override_entry(model, prices)
         self._cache: dict[Any, _PriceEntry] = {}
+        # max_cost() bounds over every service tier, for requests naming none (or "auto").
+        self._bounds: dict[Any, _BoundEntry] = {}
         self._lock = threading.Lock()
 
     def set_price(
@@ -227,6 +289,7 @@ class PriceBook:
             # Dated snapshots and resolved ids may map to this override too: drop every
             # cached entry (overrides change rarely; entries rebuild on next use).
             self._cache.clear()
+            self._bounds.clear()
 
     def cost(
         self,
@@ -236,8 +299,18 @@ class PriceBook:
         cache_read_tokens: int = 0,
         reasoning_tokens: int = 0,
         service_tier: str | None = None,
+        input_audio_tokens: int = 0,
+        output_audio_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> Cost:
-        """Cost of one call; never raises (odd input gives an unknown cost)."""
+        """Cost of one call; never raises (odd input gives an unknown cost).
+
+        ``service_tier`` is the tier that served the call (as the response reports
+        it); ``auto``, ``default`` and None mean the standard price. Audio and
+        cache-write tokens are counted within ``input_tokens`` / ``output_tokens``
+        (OpenAI's convention) and priced at the model's audio / cache-write rates
+        where it has them, else as the text tokens they are counted in.
+        """
         try:
             key = model if service_tier is None else (model, service_tier)
             entry = self._cache.get(key) or self._resolve(model, service_tier)
@@ -248,6 +321,17 @@ class PriceBook:
             if c > i or r > o or c < 0 or r < 0:
                 _log.debug("inconsistent usage for %r: in=%r out=%r cached=%r reasoning=%r", model, i, o, c, r)
                 return UNKNOWN_COST
+            if input_audio_tokens or output_audio_tokens or cache_write_tokens:
+                ia = input_audio_tokens or 0
+                oa = output_audio_tokens or 0
+                w = cache_write_tokens or 0
+                if ia < 0 or oa < 0 or w < 0 or ia > i or oa > o or c + w > i:
+                    _log.debug(
+                        "inconsistent usage for %r: in=%r out=%r cached=%r audio in=%r audio out=%r cache write=%r",
+                        model, i, o, c, ia, oa, w,
+                    )
+                    return UNKNOWN_COST
+                return entry.cost_detailed(i, o, c, r, ia, oa, w)
             return entry.cost(i, o, c, r)
         except Exception:  # pricing must never break the caller's LLM call
             _log.debug("cannot price model %r", model, exc_info=True)
@@ -263,13 +347,20 @@ class PriceBook:
     ) -> float | None:
         """Upper bound of ``cost()`` for a call using at most these tokens, or None if unknown.
 
-        Used to reserve budget before a call: cached input is assumed to cost the
-        larger of the input and cache-read rates, tiered prices their highest tier,
-        and prices scheduled to change later their highest scheduled rate.
+        Used to reserve budget before a call, with the *requested* ``service_tier``:
+        an explicit tier is bounded at that tier's prices; None or ``auto`` (which
+        the API may serve at any tier, e.g. the project's default of priority) at
+        the highest price over every tier the model has. Input tokens are assumed
+        to cost the highest input-side rate (text, cache read or write, audio,
+        ...), output tokens the highest output-side rate, tiered prices their
+        highest tier, and prices scheduled to change later their highest
+        scheduled rate.
         """
         try:
-            key = model if service_tier is None else (model, service_tier)
-            entry = self._cache.get(key) or self._resolve(model, service_tier)
+            if type(service_tier) is not str or service_tier == _ANY_TIER:
+                entry: _BoundEntry = self._bounds.get(model) or self._resolve_bound(model)
+            else:
+                entry = self._cache.get((model, service_tier)) or self._resolve(model, service_tier)
             if entry.max_input is None or entry.max_output is None:
                 return None
             i = input_tokens or 0
@@ -323,7 +414,45 @@ class PriceBook:
                 self._cache[key] = entry
             return entry
 
+    def _resolve_bound(self, model: str | None) -> _BoundEntry:
+        """Build and cache the all-tier bound for a model missing from the bounds (slow path)."""
+        with self._lock:
+            entry = self._bounds.get(model)
+            if entry is None:
+                entry = self._build_bound(model)
+                if len(self._bounds) >= _MAX_CACHE_ENTRIES:
+                    self._bounds.clear()
+                self._bounds[model] = entry
+            return entry
+
     def _build_entry(self, model: str | None, service_tier: str | None) -> _PriceEntry:
+        found = self._lookup(model)
+        if not isinstance(found, tuple):
+            return found
+        provider, info = found
+        return _compile(provider, info, _price_context(provider, info, service_tier))
+
+    def _build_bound(self, model: str | None) -> _BoundEntry:
+        """The highest input and output rates of ``model`` over every service tier it has prices for."""
+        found = self._lookup(model)
+        if not isinstance(found, tuple):
+            return found  # unknown, or an override (one price for every tier)
+        provider, info = found
+        contexts: list[PriceContext | None] = [None]
+        for tier in _priced_tiers(info):
+            context = _price_context(provider, info, tier)
+            if context not in contexts:
+                contexts.append(context)
+        entries = [_compile(provider, info, context) for context in contexts]
+        if len(entries) == 1:
+            return entries[0]
+        return _TierBound(
+            max(e.max_input for e in entries),  # type: ignore[type-var]
+            max(e.max_output for e in entries),  # type: ignore[type-var]
+        )
+
+    def _lookup(self, model: str | None) -> _PriceEntry | tuple[Provider, ModelInfo]:
+        """The override or unknown entry for ``model``, else its genai-prices provider and model."""
         if not isinstance(model, str) or not model.strip():
             return _UNKNOWN_ENTRY
         override = self._find_override(model)
@@ -336,7 +465,7 @@ class PriceBook:
         override = self._overrides.get(info.id.lower())
         if override is not None:
             return override
-        return _compile(provider, info, _price_context(provider, info, service_tier))
+        return provider, info
 
     def _find_override(self, model: str) -> _FlatPrice | None:
         """Override for the exact name, or for the name without a date suffix."""
@@ -366,6 +495,16 @@ def _price_context(provider: Provider, model: ModelInfo, service_tier: str | Non
     if not any(m is model for m in provider.models):
         return None
     return {"service_tier": service_tier}
+
+
+def _priced_tiers(model: ModelInfo) -> list[str]:
+    """Service tiers the model has price variants for (cost() only ever sets service_tier)."""
+    tiers: list[str] = []
+    for variant in model.price_variants or ():
+        tier = variant.when.get("service_tier")
+        if isinstance(tier, str) and tier not in tiers:
+            tiers.append(tier)
+    return tiers
 
 
 def _compile(provider: Provider, model: ModelInfo, context: PriceContext | None) -> _PriceEntry:

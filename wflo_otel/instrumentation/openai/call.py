@@ -319,7 +319,10 @@ def _worst_case(call: LLMCall, kwargs: dict[str, Any], has_output: bool) -> floa
         ceiling = (output_ceiling(kwargs) or call.tel.default_output_tokens) * output_choices(kwargs)
     else:
         ceiling = 0
-    return call.tel.pricebook.max_cost(call.model, estimate_input_tokens(kwargs), ceiling)
+    tier = kwargs.get("service_tier")
+    return call.tel.pricebook.max_cost(
+        call.model, estimate_input_tokens(kwargs), ceiling, service_tier=tier if isinstance(tier, str) else None
+    )
 
 
 def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any], has_output: bool = True) -> None:
