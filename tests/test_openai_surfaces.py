@@ -932,3 +932,23 @@ def test_a_request_the_estimate_cannot_measure_is_still_traced_and_charged(telem
     assert span.end_time is not None
     assert telemetry.handle.budget_processor.open_spans == 0
     assert wf.spent_usd == pytest.approx(span.attributes.get("wflo.cost.usd", 0.0))
+
+
+def test_audio_tokens_are_priced_at_the_models_audio_rates(telemetry):
+    import genai_prices
+
+    http = _http_module()
+    body = {
+        "id": "chatcmpl-audio", "object": "chat.completion", "created": 1, "model": "gpt-audio",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
+        "usage": {"prompt_tokens": 2000, "completion_tokens": 1100, "total_tokens": 3100,
+                  "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 1900},
+                  "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 1000}},
+    }
+    client = _mock_client(lambda request: http.Response(200, json=body))
+    with wflo_otel.workflow("voice", budget_usd=1.0) as wf:
+        client.chat.completions.create(model="gpt-audio", messages=MESSAGES, max_tokens=1100)
+    expected = float(genai_prices.extract_usage(body, provider_id="openai", api_flavor="chat").calc_price().total_price)
+    span = one_span(telemetry)
+    assert span.attributes["wflo.cost.usd"] == pytest.approx(expected, rel=1e-9)
+    assert wf.spent_usd == pytest.approx(expected, rel=1e-9)

@@ -225,6 +225,9 @@ class LLMCall:
             cache_read_tokens=usage.cache_read_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             service_tier=attrs.get(A.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER),
+            input_audio_tokens=usage.input_audio_tokens,
+            output_audio_tokens=usage.output_audio_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
         )
         if cost.usd is not None:
             attrs[A.WFLO_COST_USD] = cost.usd

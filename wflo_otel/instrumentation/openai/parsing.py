@@ -52,6 +52,10 @@ class Usage:
     output_tokens: int | None = None
     cache_read_tokens: int = 0
     reasoning_tokens: int = 0
+    # Within input/output, priced at their own rates where the model has them.
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 def field(obj: Any, name: str) -> Any:
@@ -83,21 +87,28 @@ def usage_from(usage_obj: Any) -> Usage | None:
         return None
     prompt = _int(field(usage_obj, "prompt_tokens"))
     if prompt is not None:  # chat, legacy completions, embeddings
-        return Usage(
-            input_tokens=prompt,
-            output_tokens=_int(field(usage_obj, "completion_tokens")),
-            cache_read_tokens=_int(field(field(usage_obj, "prompt_tokens_details"), "cached_tokens")) or 0,
-            reasoning_tokens=_int(field(field(usage_obj, "completion_tokens_details"), "reasoning_tokens")) or 0,
-        )
+        return _usage(usage_obj, prompt, "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
     inp = _int(field(usage_obj, "input_tokens"))
     if inp is not None:  # responses API
-        return Usage(
-            input_tokens=inp,
-            output_tokens=_int(field(usage_obj, "output_tokens")),
-            cache_read_tokens=_int(field(field(usage_obj, "input_tokens_details"), "cached_tokens")) or 0,
-            reasoning_tokens=_int(field(field(usage_obj, "output_tokens_details"), "reasoning_tokens")) or 0,
-        )
+        return _usage(usage_obj, inp, "output_tokens", "input_tokens_details", "output_tokens_details")
     return None
+
+
+def _usage(usage_obj: Any, input_tokens: int, output_key: str, input_details_key: str, output_details_key: str) -> Usage:
+    """The two APIs name the same counts differently; their details objects hold the same keys."""
+    input_details = field(usage_obj, input_details_key)
+    output_details = field(usage_obj, output_details_key)
+    if input_details is None and output_details is None:  # embeddings, legacy completions, many servers
+        return Usage(input_tokens, _int(field(usage_obj, output_key)))
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=_int(field(usage_obj, output_key)),
+        cache_read_tokens=_int(field(input_details, "cached_tokens")) or 0,
+        reasoning_tokens=_int(field(output_details, "reasoning_tokens")) or 0,
+        input_audio_tokens=_int(field(input_details, "audio_tokens")) or 0,
+        output_audio_tokens=_int(field(output_details, "audio_tokens")) or 0,
+        cache_write_tokens=_int(field(input_details, "cache_write_tokens")) or 0,
+    )
 
 
 def is_given(value: Any) -> bool:
