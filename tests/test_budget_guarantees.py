@@ -273,3 +273,27 @@ def test_track_llm_call_reserves_with_the_functions_default_max_tokens(spans):
         ask("hello")
         ask_with_options("hello", max_tokens=50)
     assert wf.spent_usd == pytest.approx(2 * (100 * 0.15e-6 + 50 * 0.6e-6))
+
+
+def test_the_projects_default_tier_sets_what_a_request_naming_none_reserves(max_output_server, monkeypatch):
+    client = openai.OpenAI(base_url=max_output_server.base_url, api_key="k", max_retries=0)
+
+    def reserve_one_call(**configure_kwargs) -> bool:
+        handle = wflo_otel.configure(tracer_provider=TracerProvider(), exporter=False, **configure_kwargs)
+        try:
+            with wflo_otel.workflow("tiers", budget_usd=0.011):
+                client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000)
+            return True
+        except BudgetExceededError as exc:
+            assert exc.refused
+            return False
+        finally:
+            handle.shutdown()
+
+    # gpt-4o at standard prices: 1,000 output tokens fit $0.011; at priority they do not.
+    assert not reserve_one_call(), "no tier known: bounded at the model's most expensive one"
+    assert reserve_one_call(default_service_tier="default")
+    monkeypatch.setenv("WFLO_DEFAULT_SERVICE_TIER", "default")
+    assert reserve_one_call()
+    monkeypatch.setenv("WFLO_DEFAULT_SERVICE_TIER", "auto")  # says nothing about the tier
+    assert not reserve_one_call()

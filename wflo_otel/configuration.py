@@ -142,6 +142,7 @@ def configure(
     propagate_budget: bool = True,
     prices_file: str | None = None,
     default_output_tokens: int | None = None,
+    default_service_tier: str | None = None,
     service_name: str | None = None,
     instrument_openai: bool = True,
 ) -> Handle:
@@ -152,6 +153,9 @@ def configure(
     ``batch=False`` exports each span as it ends (handy in scripts and tests).
     ``propagate_budget`` installs the W3C baggage propagator that carries the budget
     scope to downstream services (unless ``OTEL_PROPAGATORS`` is set).
+    ``default_service_tier`` (or ``$WFLO_DEFAULT_SERVICE_TIER``): the tier OpenAI serves
+    your project's requests that name none, so their reservation is at its prices
+    instead of the model's most expensive tier's.
     """
     global _handle
     with _lock:
@@ -169,6 +173,7 @@ def configure(
                     propagate_budget=propagate_budget is not True,
                     prices_file=prices_file is not None,
                     default_output_tokens=default_output_tokens is not None,
+                    default_service_tier=default_service_tier is not None,
                     service_name=service_name is not None,
                     instrument_openai=instrument_openai is not True,
                 )
@@ -195,7 +200,9 @@ def configure(
             _install_propagator()
         instrumentor = None
         if instrument_openai:
-            instrumentor = _instrument_openai(provider, meter_provider, pricebook, budget, default_output_tokens)
+            instrumentor = _instrument_openai(
+                provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier
+            )
         _handle = Handle(
             provider, budget, span_exporter, span_processor, pricebook, instrumentor, slot, meter_provider=meter_provider
         )
@@ -311,7 +318,7 @@ def _exporter(exporter: SpanExporter | bool | None, database_url: str | None, pr
     return exporter
 
 
-def _instrument_openai(provider, meter_provider, pricebook, budget, default_output_tokens):
+def _instrument_openai(provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier=None):
     try:
         import openai  # noqa: F401
     except ImportError:
@@ -326,6 +333,7 @@ def _instrument_openai(provider, meter_provider, pricebook, budget, default_outp
         pricebook=pricebook,
         budget_processor=budget,
         default_output_tokens=default_output_tokens or env_int(ENV_DEFAULT_OUTPUT_TOKENS),
+        default_service_tier=default_service_tier,
     )
     return instrumentor
 

@@ -10,6 +10,7 @@ ENV_DATABASE_URL = "WFLO_DATABASE_URL"
 ENV_DEFAULT_BUDGET = "WFLO_DEFAULT_BUDGET_USD"
 ENV_PRICES_FILE = "WFLO_PRICES_FILE"
 ENV_DEFAULT_OUTPUT_TOKENS = "WFLO_DEFAULT_OUTPUT_TOKENS"
+ENV_DEFAULT_SERVICE_TIER = "WFLO_DEFAULT_SERVICE_TIER"
 
 
 def database_url(explicit: str | None = None) -> str:
@@ -33,6 +34,13 @@ def env_float(name: str) -> float | None:
 def env_int(name: str) -> int | None:
     value = env_float(name)
     return int(value) if value is not None else None
+
+
+def default_service_tier(explicit: str | None = None) -> str | None:
+    """The tier OpenAI serves this project's requests that name none: ``explicit``, else
+    ``$WFLO_DEFAULT_SERVICE_TIER``, else None (unknown: reserve at the model's dearest tier)."""
+    tier = explicit or os.environ.get(ENV_DEFAULT_SERVICE_TIER, "").strip()
+    return tier if tier and tier != "auto" else None
 
 
 def pricebook_for(prices_file: str | None = None) -> PriceBook:

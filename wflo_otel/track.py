@@ -30,6 +30,7 @@ def _telemetry() -> Telemetry:
     from .configuration import current_handle, tracer_provider
     from .metrics import GenAIMetrics
     from .pricing import default_pricebook
+    from .settings import default_service_tier
 
     provider = tracer_provider()
     handle = current_handle()
@@ -40,6 +41,7 @@ def _telemetry() -> Telemetry:
         tracer=trace.get_tracer("wflo_otel.track", __version__, tracer_provider=provider),
         metrics=GenAIMetrics.for_provider(handle.meter_provider if handle is not None else None),
         pricebook=handle.pricebook if handle is not None else default_pricebook(),
+        default_service_tier=default_service_tier(),
     )
     _cached = (provider, handle, tel)
     return tel

@@ -30,6 +30,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from ...errors import BudgetExceededError
 from ...metrics import GenAIMetrics
 from ...pricing import default_pricebook
+from ...settings import default_service_tier
 from .call import LLMCall, Telemetry, begin, in_llm_call
 from .parsing import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Shape, ask_for_stream_usage, is_raw_request, read_json_body
 from .streams import (
@@ -102,7 +103,9 @@ class OpenAIInstrumentor(BaseInstrumentor):
 
     ``instrument()`` keywords: ``tracer_provider``, ``meter_provider``, ``pricebook``,
     ``budget_processor`` (defaults to the one ``configure()`` installed),
-    ``default_output_tokens`` (the output ceiling reserved when a request sets none)
+    ``default_output_tokens`` (the output ceiling reserved when a request sets none),
+    ``default_service_tier`` (the tier the API serves requests naming none; default
+    ``$WFLO_DEFAULT_SERVICE_TIER``, else unknown: reserved at the model's dearest tier)
     and ``capture_message_content`` (default: ``$OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``).
     """
 
@@ -123,6 +126,7 @@ class OpenAIInstrumentor(BaseInstrumentor):
             processor=kwargs.get("budget_processor"),
             default_output_tokens=kwargs.get("default_output_tokens") or 4096,
             capture_content=capture_content_from_env() if capture is None else bool(capture),
+            default_service_tier=default_service_tier(kwargs.get("default_service_tier")),
         )
         patched: list[tuple[type, str]] = []
         for module_name, class_name, method, shape, kind in _TARGETS:

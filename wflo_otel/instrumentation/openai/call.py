@@ -60,12 +60,16 @@ class Telemetry:
         processor: BudgetSpanProcessor | None = None,
         default_output_tokens: int = 4096,
         capture_content: bool = False,
+        default_service_tier: str | None = None,
     ) -> None:
         self.tracer = tracer
         self.metrics = metrics
         self.pricebook = pricebook
         self._processor = processor
         self.default_output_tokens = default_output_tokens
+        # What the API serves a request naming no tier (or "auto"); None: unknown, so a
+        # reservation is bounded at the model's most expensive tier.
+        self.default_service_tier = default_service_tier
         # Prompt and completion text on spans: opt-in only (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT).
         self.capture_content = capture_content
 
@@ -323,9 +327,9 @@ def _worst_case(call: LLMCall, kwargs: dict[str, Any], has_output: bool) -> floa
     else:
         ceiling = 0
     tier = kwargs.get("service_tier")
-    return call.tel.pricebook.max_cost(
-        call.model, estimate_input_tokens(kwargs), ceiling, service_tier=tier if isinstance(tier, str) else None
-    )
+    if not isinstance(tier, str) or tier == "auto":
+        tier = call.tel.default_service_tier
+    return call.tel.pricebook.max_cost(call.model, estimate_input_tokens(kwargs), ceiling, service_tier=tier)
 
 
 def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any], has_output: bool = True) -> None:
