@@ -885,3 +885,12 @@ def test_a_call_served_at_priority_is_charged_at_priority_within_its_reservation
                                        **_tier_kwargs(tier))
     assert server.requests == 1
     assert wf.spent_usd == pytest.approx(charged, rel=1e-9) and wf.spent_usd <= budget
+
+
+def test_an_override_prices_the_snapshots_genai_prices_resolves_to_it_and_no_others():
+    book = PriceBook(overrides={"gpt-4o": {"input_per_mtok": 2.5, "output_per_mtok": 10}, "house": {"input_per_mtok": 1, "output_per_mtok": 2}})
+    assert book.cost("gpt-4o-2024-08-06", input_tokens=1_000_000).source == "override"  # resolves to gpt-4o
+    listed_apart = book.cost("gpt-4o-2024-05-13", input_tokens=1_000_000)  # its own model, at its own price
+    assert listed_apart.source.startswith("genai-prices") and listed_apart.usd == pytest.approx(5.0)
+    assert book.max_cost("gpt-4o-2024-05-13", 1_000_000, 0) >= listed_apart.usd
+    assert book.cost("house-2025-01-01", input_tokens=1_000_000).usd == pytest.approx(1.0)  # unknown dated name

@@ -455,22 +455,20 @@ class PriceBook:
         """The override or unknown entry for ``model``, else its genai-prices provider and model."""
         if not isinstance(model, str) or not model.strip():
             return _UNKNOWN_ENTRY
-        override = self._find_override(model)
+        key = _override_key(model)
+        override = self._overrides.get(key)  # the exact name
         if override is not None:
             return override
         found = self._find_model(model)
-        if found is None:
-            return _UNKNOWN_ENTRY
+        if found is None:  # a name genai-prices does not know: its dated base's override, if any
+            return self._overrides.get(_DATE_SUFFIX.sub("", key)) or _UNKNOWN_ENTRY
         provider, info = found
+        # The model genai-prices resolves the name to: an override of ``gpt-4o`` prices the
+        # snapshots it resolves to ``gpt-4o``, not ``gpt-4o-2024-05-13``, listed at its own price.
         override = self._overrides.get(info.id.lower())
         if override is not None:
             return override
         return provider, info
-
-    def _find_override(self, model: str) -> _FlatPrice | None:
-        """Override for the exact name, or for the name without a date suffix."""
-        key = _override_key(model)
-        return self._overrides.get(key) or self._overrides.get(_DATE_SUFFIX.sub("", key))
 
     def _find_model(self, model: str) -> tuple[Provider, ModelInfo] | None:
         """Look in the configured provider first, then let genai-prices pick one by model name."""
