@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 from wflo_otel import attributes as A
-from wflo_otel.genai_spans import LLM_OPERATIONS, PROVIDER, call_usage, first, is_llm_call, own_usage, service_tier
+from wflo_otel.genai_spans import BIGINT_LIMIT, LLM_OPERATIONS, PROVIDER, call_usage, first, is_llm_call, own_usage, service_tier
 
 from .records import SpanRecord
 
@@ -250,18 +250,6 @@ def _step_row(record: SpanRecord, execution_id: str, is_root: bool, pricebook) -
     }
 
 
-_INT64 = 1 << 63  # the columns are BIGINT: a count beyond it is no count we could store
-
-
-def _int(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
 def _usd(value: Any) -> float | None:
     """An amount in USD, or None when the span's value is not a finite number.
 
@@ -293,7 +281,7 @@ def _storable_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _storable_column(value: Any) -> Any:
-    if value.__class__ is int and not -_INT64 <= value < _INT64:
+    if value.__class__ is int and not -BIGINT_LIMIT <= value < BIGINT_LIMIT:
         return None
     if value.__class__ is float and not math.isfinite(value):
         return None

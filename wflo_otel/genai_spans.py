@@ -31,7 +31,7 @@ REASONING_TOKENS = (A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, A.OPENINFERENCE_REAS
 REQUEST_MODEL = (A.GEN_AI_REQUEST_MODEL, A.OPENINFERENCE_MODEL_NAME, A.OPENINFERENCE_EMBEDDING_MODEL_NAME)
 PROVIDER = (A.GEN_AI_PROVIDER_NAME, A.LEGACY_GEN_AI_SYSTEM, A.OPENINFERENCE_PROVIDER, A.OPENINFERENCE_SYSTEM)
 
-_INT64 = 1 << 63  # token columns are BIGINT: a count beyond it is no count we could store
+BIGINT_LIMIT = 1 << 63  # token columns are BIGINT: a count beyond it is no count we could store
 
 
 def is_llm_call(attrs: Mapping[str, Any]) -> bool:
@@ -114,13 +114,13 @@ def own_usage(attrs: Mapping[str, Any]) -> CallUsage:
 
 def as_count(value: Any) -> int | None:
     """A token count: an int within BIGINT, else None (a string of digits is read)."""
-    if value is None or (value.__class__ is int and -_INT64 <= value < _INT64):
+    if value is None or (value.__class__ is int and -BIGINT_LIMIT <= value < BIGINT_LIMIT):
         return value
     try:
         value = int(value)
     except (TypeError, ValueError, OverflowError):
         return None
-    return value if -_INT64 <= value < _INT64 else None
+    return value if -BIGINT_LIMIT <= value < BIGINT_LIMIT else None
 
 
 def first(get: Callable[[str], Any], names: tuple[str, ...]) -> Any:
