@@ -27,6 +27,7 @@ from ...pricing import PriceBook
 from .parsing import (
     CHAT,
     MAX_RESERVED_TOKENS,
+    OPERATION_EMBEDDINGS,
     Outcome,
     Shape,
     Usage,
@@ -245,9 +246,11 @@ class LLMCall:
         """Add token and cost attributes to ``attrs``; return the cost in USD (None if unknown).
 
         Negative counts (a broken or hostile server) are no usage at all: priced, they
-        would hand money back to the budget. The call then keeps its worst case charged.
+        would hand money back to the budget. Nor is a usage without its output count
+        (embeddings aside), which would price the answer at nothing. The call then
+        keeps its worst case charged.
         """
-        if not usage.plausible():
+        if not usage.plausible() or (usage.output_tokens is None and self.operation != OPERATION_EMBEDDINGS):
             _log.debug("wflo-otel: ignoring implausible usage %r", usage)
             attrs[A.WFLO_COST_SOURCE] = "no-usage"
             return None
