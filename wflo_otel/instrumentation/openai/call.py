@@ -369,18 +369,18 @@ def _worst_case(call: LLMCall, kwargs: dict[str, Any], has_output: bool) -> floa
     rather than making the whole reservation nothing: the output ceiling, at the
     model's price, is still held.
     """
+    try:
+        materialize_inputs(kwargs)  # a one-shot iterator becomes a list before it is measured
+        input_tokens = min(estimate_input_tokens(effective_request(kwargs)), MAX_RESERVED_TOKENS)
+    except Exception:
+        _log.warning("wflo-otel: could not estimate a call's input; reserving its output ceiling only", exc_info=True)
+        input_tokens = 0
     request = effective_request(kwargs)
     output_tokens = 0
     if has_output:
         output_tokens = min(
             output_ceiling(request, call.tel.default_output_tokens) * output_choices(request), MAX_RESERVED_TOKENS
         )
-    try:
-        materialize_inputs(kwargs)
-        input_tokens = min(estimate_input_tokens(effective_request(kwargs)), MAX_RESERVED_TOKENS)
-    except Exception:
-        _log.warning("wflo-otel: could not estimate a call's input; reserving its output ceiling only", exc_info=True)
-        input_tokens = 0
     tier = request.get("service_tier")
     if not isinstance(tier, str) or tier == "auto":
         tier = call.tel.default_service_tier

@@ -399,23 +399,29 @@ def may_have_been_billed(exc: BaseException) -> bool:
 
     The API bills an answer the client never read: a request that timed out or whose
     connection broke *after* it was sent (``APITimeoutError`` / ``APIConnectionError``
-    from a read), and a call cancelled (``asyncio.CancelledError``, ``KeyboardInterrupt``)
+    from a read, or the transport's own error, which openai 2.x lets through from a
+    stream), and a call cancelled (``asyncio.CancelledError``, ``KeyboardInterrupt``)
     at a moment nobody can tell. False for an error status, our own refusal, a
     connection that was never made, and errors raised before sending.
     """
     if not isinstance(exc, Exception):
         return True
     openai = sys.modules.get("openai")
-    if openai is None or not isinstance(exc, openai.APIConnectionError):
+    if openai is not None and isinstance(exc, openai.APIStatusError):  # the server answered: an error, not billed
         return False
-    cause = exc.__cause__ or exc.__context__
+    error: BaseException | None = exc
     for _ in range(8):  # a chain is short; a hand-made cycle must not loop
-        if cause is None:
+        if error is None:
             break
-        if type(cause).__name__ in _UNSENT_ERRORS and type(cause).__module__.startswith("httpx"):
-            return False
-        cause = cause.__cause__ or cause.__context__
-    return True
+        if _is_transport_error(error):  # httpx / httpx2: the transport says when it failed
+            return type(error).__name__ not in _UNSENT_ERRORS
+        error = error.__cause__ if error.__cause__ is not None or error.__suppress_context__ else error.__context__
+    return openai is not None and isinstance(exc, openai.APIConnectionError)
+
+
+def _is_transport_error(error: BaseException) -> bool:
+    cls = type(error)
+    return cls.__module__.startswith("httpx") and any(base.__name__ == "TransportError" for base in cls.__mro__)
 
 
 def read_json_body(http_response: Any) -> Any:
