@@ -540,3 +540,11 @@ def test_an_input_the_estimate_cannot_measure_still_reserves_the_output_ceiling(
         ask(Opaque())
         assert wf.spent_usd > 0
     assert len(ran) == 1
+
+
+def test_a_nan_budget_caps_everything_instead_of_nothing(spans, client, openai_server):
+    before = openai_server.request_count
+    with pytest.raises(BudgetExceededError) as caught:
+        with wflo_otel.workflow("nan-budget", budget_usd=float("nan")):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
+    assert caught.value.refused and openai_server.request_count == before
