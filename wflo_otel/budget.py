@@ -413,6 +413,9 @@ def _as_budget(value) -> float | None:
     except (TypeError, ValueError):
         _log.warning("wflo-otel: ignoring non-numeric %s=%r", A.WFLO_BUDGET_USD, value)
         return None
+    if budget != budget:  # NaN: no spend compares with it, so it would cap nothing; fail closed
+        _log.warning("wflo-otel: %s is NaN; treating it as a budget of 0", A.WFLO_BUDGET_USD)
+        return 0.0
     return budget if budget >= 0 else None
 
 

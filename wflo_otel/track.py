@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from typing import Any, Callable, TypeVar
 
 from opentelemetry import trace
@@ -19,6 +20,8 @@ from .instrumentation.openai.call import LLMCall, Telemetry, begin
 from .instrumentation.openai.parsing import field, response_attributes, usage_from
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_log = logging.getLogger(__name__)
 
 _cached: tuple[object, object, Telemetry] | None = None
 
@@ -41,10 +44,28 @@ def _telemetry() -> Telemetry:
         tracer=trace.get_tracer("wflo_otel.track", __version__, tracer_provider=provider),
         metrics=GenAIMetrics.for_provider(handle.meter_provider if handle is not None else None),
         pricebook=handle.pricebook if handle is not None else default_pricebook(),
+        default_output_tokens=_default_output_tokens(),
         default_service_tier=default_service_tier(),
     )
     _cached = (provider, handle, tel)
     return tel
+
+
+def _default_output_tokens() -> Any:
+    """The output ceiling configure() gave the OpenAI instrumentation, else ``$WFLO_DEFAULT_OUTPUT_TOKENS``.
+
+    A tracked call reserves as an instrumented one does: an invalid or missing ceiling
+    holds this, so it must be the same number (Telemetry validates it).
+    """
+    from .instrumentation.openai import _state
+    from .settings import ENV_DEFAULT_OUTPUT_TOKENS, env_int
+
+    if _state.tel is not None:
+        return _state.tel.default_output_tokens
+    try:
+        return env_int(ENV_DEFAULT_OUTPUT_TOKENS) or 4096
+    except (ValueError, OverflowError):  # "nan", "inf": Telemetry falls back to its default
+        return None
 
 
 def _start(model: str | None, operation: str, signature: inspect.Signature, args, kwargs) -> LLMCall:
@@ -60,7 +81,13 @@ def _start(model: str | None, operation: str, signature: inspect.Signature, args
 
 
 def _finish(call: LLMCall, result: Any) -> Any:
-    call.finish(usage_from(field(result, "usage")), response_attributes(result))
+    """Price what the function returned; a result we cannot read never fails the user's call."""
+    try:
+        usage, attrs = usage_from(field(result, "usage")), response_attributes(result)
+    except Exception:  # e.g. usage {"prompt_tokens": NaN}: no usage, the reservation stays charged
+        _log.debug("wflo-otel: unreadable tracked result", exc_info=True)
+        usage, attrs = None, {}
+    call.finish(usage, attrs)  # may raise BudgetExceededError: the call pushed a budget over
     return result
 
 

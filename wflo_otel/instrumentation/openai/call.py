@@ -10,6 +10,7 @@ called it.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Mapping
 
@@ -25,12 +26,17 @@ from ...metrics import GenAIMetrics
 from ...pricing import PriceBook
 from .parsing import (
     CHAT,
+    MAX_RESERVED_TOKENS,
+    OPERATION_EMBEDDINGS,
+    Outcome,
     Shape,
     Usage,
     billed_response_of,
+    effective_request,
     estimate_input_tokens,
     field,
     materialize_inputs,
+    may_have_been_billed,
     output_ceiling,
     output_choices,
     raised_after_answer,
@@ -66,7 +72,7 @@ class Telemetry:
         self.metrics = metrics
         self.pricebook = pricebook
         self._processor = processor
-        self.default_output_tokens = default_output_tokens
+        self.default_output_tokens = _valid_default_ceiling(default_output_tokens)
         # What the API serves a request naming no tier (or "auto"); None: unknown, so a
         # reservation is bounded at the model's most expensive tier.
         self.default_service_tier = default_service_tier
@@ -76,6 +82,22 @@ class Telemetry:
     @property
     def processor(self) -> BudgetSpanProcessor | None:
         return self._processor if self._processor is not None else active_processor()
+
+
+_DEFAULT_OUTPUT_TOKENS = 4096
+
+
+def _valid_default_ceiling(value: Any) -> int:
+    """The output ceiling reserved for a request that names none (or an invalid one): a positive int.
+
+    It is what stands between an unbounded request and a reservation of nothing, so a
+    value that cannot bound anything (``0``, ``-1``, ``True``, ``"4k"``) is replaced by
+    the built-in default, with a warning, rather than trusted.
+    """
+    if type(value) is int and value > 0:
+        return min(value, MAX_RESERVED_TOKENS)
+    _log.warning("wflo-otel: ignoring invalid default output ceiling %r; reserving %d tokens", value, _DEFAULT_OUTPUT_TOKENS)
+    return _DEFAULT_OUTPUT_TOKENS
 
 
 # id(base URL) -> (that URL, its attributes): reading host and port off an httpx URL
@@ -174,13 +196,17 @@ class LLMCall:
         if over is not None:
             raise overrun_error(over)
 
-    def fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException, received: Outcome | None = None) -> None:
         """The client raised (or we refused): end the span as ERROR.
 
-        The reservation is released — unless the API answered before the exception
-        (``.parse()`` failing on the answer): a response the exception carries
-        (``LengthFinishReasonError``) is recorded and settled; one it does not carry
-        keeps the worst case charged, as a stream whose usage was never seen does.
+        The reservation is released only when the provider cannot have billed the
+        request. It stays charged when it may have: ``received`` is what a stream had
+        shown when it broke after its first chunk (settled at its usage if that was
+        seen); an exception carrying the answer (``LengthFinishReasonError`` from
+        ``.parse()``) is settled at that answer's usage; a ``.parse()`` failing on an
+        answer it does not carry, a timeout or a connection broken after the request
+        was sent, and a cancellation keep the worst case charged
+        (``wflo.cost.source=no-usage``), as a stream whose usage was never seen does.
         Nothing but the original exception is raised.
         """
         if self.ended:
@@ -189,9 +215,12 @@ class LLMCall:
         try:
             error_type = error_type_of(exc)
             span = self.span
-            usage, attrs = billed_response_of(exc)
+            if received is not None:
+                usage, attrs, billed = received[0], dict(received[1]), True
+            else:
+                usage, attrs = billed_response_of(exc)
+                billed = usage is not None or raised_after_answer(exc) or may_have_been_billed(exc)
             cost_usd = None
-            billed = usage is not None or raised_after_answer(exc)
             if usage is not None:
                 cost_usd = self._usage_attributes(attrs, usage, attrs.get(A.GEN_AI_RESPONSE_MODEL) or self.model)
             elif billed:
@@ -214,7 +243,17 @@ class LLMCall:
     # ------------------------------------------------------------------ helpers
 
     def _usage_attributes(self, attrs: dict[str, Any], usage: Usage, model: str | None) -> float | None:
-        """Add token and cost attributes to ``attrs``; return the cost in USD (None if unknown)."""
+        """Add token and cost attributes to ``attrs``; return the cost in USD (None if unknown).
+
+        Negative counts (a broken or hostile server) are no usage at all: priced, they
+        would hand money back to the budget. Nor is a usage without its output count
+        (embeddings aside), which would price the answer at nothing. The call then
+        keeps its worst case charged.
+        """
+        if not usage.plausible() or (usage.output_tokens is None and self.operation != OPERATION_EMBEDDINGS):
+            _log.debug("wflo-otel: ignoring implausible usage %r", usage)
+            attrs[A.WFLO_COST_SOURCE] = "no-usage"
+            return None
         if usage.input_tokens is not None:
             attrs[A.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
         if usage.output_tokens is not None:
@@ -233,16 +272,19 @@ class LLMCall:
             output_audio_tokens=usage.output_audio_tokens,
             cache_write_tokens=usage.cache_write_tokens,
         )
-        if cost.usd is not None:
-            attrs[A.WFLO_COST_USD] = cost.usd
+        usd = cost.usd
+        if usd is not None and not 0.0 <= usd < math.inf:  # NaN, negative or infinite: not a cost to charge
+            usd = None
+        if usd is not None:
+            attrs[A.WFLO_COST_USD] = usd
         attrs[A.WFLO_COST_SOURCE] = cost.source
-        return cost.usd
+        return usd
 
     def _settle(self, cost_usd: float | None):
         processor = self.tel.processor
-        if cost_usd is None:
-            # Sent, but its usage was never seen (stream closed early, odd server):
-            # keep the worst case charged rather than let the budget leak.
+        if cost_usd is None or not 0.0 <= cost_usd < math.inf:
+            # Sent, but its usage was never seen (stream closed early, odd server) or
+            # makes no sense: keep the worst case charged rather than let the budget leak.
             cost_usd = self.reservation.amount
         over = processor.ledger.settle(self.reservation, cost_usd)
         if over is not None and self.tel.metrics is not None:
@@ -318,26 +360,42 @@ def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any],
 
 
 def _worst_case(call: LLMCall, kwargs: dict[str, Any], has_output: bool) -> float | None:
-    """What the call may cost at most, in USD (None: the model has no known price)."""
-    materialize_inputs(kwargs)
-    # Embeddings produce no output tokens: only their input is reserved. The ceiling
-    # caps each choice, so a request for n of them may produce n times as much.
+    """What the call may cost at most, in USD (None: the model has no known price).
+
+    Read from the request as the server gets it (``extra_body`` included). The output
+    ceiling caps each choice, so a request for n of them may produce n times as much;
+    embeddings produce no output tokens, so only their input is reserved. An input we
+    cannot measure (an odd object the estimate chokes on) is left out of the bound
+    rather than making the whole reservation nothing: the output ceiling, at the
+    model's price, is still held.
+    """
+    try:
+        materialize_inputs(kwargs)  # a one-shot iterator becomes a list before it is measured
+        input_tokens = min(estimate_input_tokens(effective_request(kwargs)), MAX_RESERVED_TOKENS)
+    except Exception:
+        _log.warning("wflo-otel: could not estimate a call's input; reserving its output ceiling only", exc_info=True)
+        input_tokens = 0
+    request = effective_request(kwargs)
+    output_tokens = 0
     if has_output:
-        ceiling = (output_ceiling(kwargs) or call.tel.default_output_tokens) * output_choices(kwargs)
-    else:
-        ceiling = 0
-    tier = kwargs.get("service_tier")
+        output_tokens = min(
+            output_ceiling(request, call.tel.default_output_tokens) * output_choices(request), MAX_RESERVED_TOKENS
+        )
+    tier = request.get("service_tier")
     if not isinstance(tier, str) or tier == "auto":
         tier = call.tel.default_service_tier
-    return call.tel.pricebook.max_cost(call.model, estimate_input_tokens(kwargs), ceiling, service_tier=tier)
+    model = call.model
+    if request is not kwargs and isinstance(request.get("model"), str):
+        model = str.__str__(request["model"])  # extra_body's model is the one that answers
+    return call.tel.pricebook.max_cost(model, input_tokens, output_tokens, service_tier=tier)
 
 
 def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any], has_output: bool = True) -> None:
     try:
         amount = _worst_case(call, kwargs, has_output)
-    except Exception:  # a request we cannot measure still goes out, traced; its cost is charged when it ends
-        _log.warning("wflo-otel: could not estimate a call's worst case; reserving nothing for it", exc_info=True)
-        amount = 0.0
+    except Exception:  # a request we cannot read still goes out, traced; the default ceiling is held for it
+        _log.warning("wflo-otel: could not bound a call's worst case; reserving the default output ceiling", exc_info=True)
+        amount = call.tel.pricebook.max_cost(call.model, 0, call.tel.default_output_tokens if has_output else 0)
     try:
         call.reservation = processor.ledger.reserve(chain, amount)
     except BudgetExceededError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -56,6 +57,15 @@ class Usage:
     input_audio_tokens: int = 0
     output_audio_tokens: int = 0
     cache_write_tokens: int = 0
+
+    def plausible(self) -> bool:
+        """No negative count: a usage the budget may be settled at."""
+        return (
+            (self.input_tokens is None or self.input_tokens >= 0)
+            and (self.output_tokens is None or self.output_tokens >= 0)
+            and min(self.cache_read_tokens, self.reasoning_tokens, self.input_audio_tokens,
+                    self.output_audio_tokens, self.cache_write_tokens) >= 0
+        )
 
 
 def field(obj: Any, name: str) -> Any:
@@ -116,30 +126,90 @@ def is_given(value: Any) -> bool:
     return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
 
 
-def output_ceiling(kwargs: Mapping[str, Any]) -> int | None:
-    """The request's own cap on output tokens, if it set one."""
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+# A token count a reservation never goes past: finite on purpose (2**53, exact as a float),
+# so a ceiling of 10**400 or ``n=10**9`` is priced as a sum every budget refuses, never
+# as an overflow (which the price bound would take for "no price", and reserve nothing).
+MAX_RESERVED_TOKENS = 2**53
+
+_CEILING_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+def requested_ceiling(kwargs: Mapping[str, Any]) -> int | None:
+    """The cap on output tokens the request names, as sent (``gen_ai.request.max_tokens``)."""
+    for key in _CEILING_KEYS:
         value = kwargs.get(key)
         if type(value) is int:
             return value
     return None
 
 
-def output_choices(kwargs: Mapping[str, Any]) -> int:
+def effective_request(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The request as the server gets it: ``extra_body`` keys replace the arguments' in the JSON."""
+    extra = kwargs.get("extra_body")
+    if not extra or not isinstance(extra, Mapping):
+        return kwargs
+    return {**kwargs, **extra}
+
+
+def output_ceiling(request: Mapping[str, Any], default: int) -> int:
+    """The most output tokens one choice of this request may be billed for, to reserve.
+
+    A positive int is the request's own cap. Anything else it names (``-1``, ``0``, a
+    bool, a float, a string, ...) is a cap the API should refuse, but an
+    OpenAI-compatible server may ignore it, or read it its own way: it is reserved as
+    if absent (``default``), or as the number it reads as when that is larger, never
+    as nothing. Several caps (``max_tokens`` and ``max_completion_tokens``): the
+    largest, as a server may honour either.
+    """
+    ceiling = 0
+    for key in _CEILING_KEYS:
+        value = request.get(key)
+        if value is None:
+            continue
+        if type(value) is int and value > 0:
+            if value > ceiling:
+                ceiling = value
+        elif is_given(value):
+            ceiling = max(ceiling, default, lenient_count(value) or 0)
+    return min(ceiling or default, MAX_RESERVED_TOKENS)
+
+
+def lenient_count(value: Any) -> int | None:
+    """The count a lenient server could read an invalid value as (``2.5`` -> 3, ``"300"`` -> 300), if any."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)):
+        if value != value or value <= 0:  # NaN, or nothing to produce
+            return None
+        return MAX_RESERVED_TOKENS if value >= MAX_RESERVED_TOKENS else math.ceil(value)
+    return None
+
+
+def output_choices(request: Mapping[str, Any]) -> int:
     """How many completions the output ceiling applies to: ``max_tokens`` caps each choice.
 
     ``n`` choices (and the legacy API's ``best_of``, generated and billed even when
-    fewer are returned), for each prompt of a batched legacy completion.
+    fewer are returned), for each prompt of a batched legacy completion. An invalid
+    ``n`` (``0``, ``-1``, ``True``, ``"3"``) counts as the most a server could read it as, at least one.
     """
     count = 1
     for key in ("n", "best_of"):
-        value = kwargs.get(key)
+        value = request.get(key)
+        if value is None:
+            continue
+        if type(value) is not int and is_given(value):
+            value = lenient_count(value)
         if type(value) is int and value > count:
             count = value
-    prompt = kwargs.get("prompt")
+    prompt = request.get("prompt")
     if type(prompt) is list and len(prompt) > 1 and type(prompt[0]) is not int:  # a list of ints is one prompt
         count *= len(prompt)
-    return count
+    return min(count, MAX_RESERVED_TOKENS)
 
 
 # The header the SDK's ``.with_raw_response`` / ``.with_streaming_response`` set on their request.
@@ -179,7 +249,7 @@ def ask_for_stream_usage(kwargs: dict[str, Any]) -> bool:
 def request_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Semantic-convention request attributes that the caller set."""
     attrs: dict[str, Any] = {}
-    ceiling = output_ceiling(kwargs)
+    ceiling = requested_ceiling(kwargs)
     if ceiling is not None:
         attrs[A.GEN_AI_REQUEST_MAX_TOKENS] = ceiling
     temperature = kwargs.get("temperature")
@@ -314,6 +384,44 @@ def raised_after_answer(exc: BaseException) -> bool:
         return not isinstance(exc, openai.APIError)
     pydantic = sys.modules.get("pydantic")
     return pydantic is not None and isinstance(exc, pydantic.ValidationError)
+
+
+# Transport errors (httpx / httpx2 names) raised before the request reached the server:
+# nothing was processed, so nothing can have been billed.
+_UNSENT_ERRORS = frozenset((
+    "ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol", "ProxyError",
+    "LocalProtocolError", "WriteError", "WriteTimeout", "InvalidURL",
+))
+
+
+def may_have_been_billed(exc: BaseException) -> bool:
+    """True when a failed request may have been processed, and billed, by the provider.
+
+    The API bills an answer the client never read: a request that timed out or whose
+    connection broke *after* it was sent (``APITimeoutError`` / ``APIConnectionError``
+    from a read, or the transport's own error, which openai 2.x lets through from a
+    stream), and a call cancelled (``asyncio.CancelledError``, ``KeyboardInterrupt``)
+    at a moment nobody can tell. False for an error status, our own refusal, a
+    connection that was never made, and errors raised before sending.
+    """
+    if not isinstance(exc, Exception):
+        return True
+    openai = sys.modules.get("openai")
+    if openai is not None and isinstance(exc, openai.APIStatusError):  # the server answered: an error, not billed
+        return False
+    error: BaseException | None = exc
+    for _ in range(8):  # a chain is short; a hand-made cycle must not loop
+        if error is None:
+            break
+        if _is_transport_error(error):  # httpx / httpx2: the transport says when it failed
+            return type(error).__name__ not in _UNSENT_ERRORS
+        error = error.__cause__ if error.__cause__ is not None or error.__suppress_context__ else error.__context__
+    return openai is not None and isinstance(exc, openai.APIConnectionError)
+
+
+def _is_transport_error(error: BaseException) -> bool:
+    cls = type(error)
+    return cls.__module__.startswith("httpx") and any(base.__name__ == "TransportError" for base in cls.__mro__)
 
 
 def read_json_body(http_response: Any) -> Any:

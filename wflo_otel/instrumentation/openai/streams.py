@@ -44,7 +44,7 @@ class _Tap:
     ``__anext__`` included, so the chunk itself costs no further proxy read).
     """
 
-    __slots__ = ("step", "call", "state", "observe", "hide")
+    __slots__ = ("step", "call", "state", "observe", "hide", "received")
 
     def __init__(self, step: Any, call: LLMCall, state: Any, hide_usage_chunk: bool) -> None:
         self.step = step
@@ -52,6 +52,23 @@ class _Tap:
         self.state = state
         self.observe = state.observe
         self.hide = hide_usage_chunk
+        self.received = False  # a chunk arrived: the provider is generating, and billing, output
+
+    def fail(self, exc: BaseException) -> None:
+        """The stream raised (a cut connection, a timeout, a cancellation, an ``error`` event).
+
+        Before its first chunk this is a failed request; after it, the provider bills
+        what it generated, so the call is settled at the usage the stream showed, or
+        keeps its worst case charged when it showed none. One place for both proxies.
+        """
+        received = None
+        if self.received:
+            try:
+                received = self.state.result()
+            except Exception:
+                _log.debug("wflo-otel: could not read stream state", exc_info=True)
+                received = _NO_OUTCOME
+        self.call.fail(exc, received)
 
     def finish(self) -> None:
         """Finish with what was seen; may raise BudgetExceededError (stream exhausted over budget)."""
@@ -103,8 +120,9 @@ class SyncStreamProxy(_StreamProxy):
                 tap.finish()
                 raise
             except BaseException as exc:  # cancellation too: the span must end
-                tap.call.fail(exc)
+                tap.fail(exc)
                 raise
+            tap.received = True
             # The state never raises; hidden: the usage-only chunk we asked for on the user's behalf.
             if not (tap.observe(chunk) and tap.hide):
                 return chunk
@@ -139,8 +157,9 @@ class AsyncStreamProxy(_StreamProxy):
                 tap.finish()
                 raise
             except BaseException as exc:  # cancellation too: the span must end
-                tap.call.fail(exc)
+                tap.fail(exc)
                 raise
+            tap.received = True
             # The state never raises; hidden: the usage-only chunk we asked for on the user's behalf.
             if not (tap.observe(chunk) and tap.hide):
                 return chunk
