@@ -43,6 +43,7 @@ import logging
 import math
 import os
 import random
+import re
 import weakref
 from dataclasses import dataclass
 from datetime import datetime
@@ -70,6 +71,23 @@ RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505"})
 _TRANSIENT_RETRYABLE = frozenset({"40001", "40P01"})
 
 
+SUPPORTED_DATABASES = (
+    "SQLite through aiosqlite (sqlite:///path/to/wflo.db or sqlite+aiosqlite:///...) and "
+    "PostgreSQL through asyncpg (postgresql://user:password@host:5432/dbname, postgres://, "
+    "postgresql+asyncpg://; +psycopg and +psycopg2 URLs are read as asyncpg)"
+)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+class UnsupportedDatabaseError(ValueError):
+    """A database URL naming an engine or driver wflo-otel does not write to.
+
+    Raised when the URL is read, so a ``mysql://`` URL says which databases work instead of
+    failing later on a driver import (``No module named 'MySQLdb'``). The message names only
+    the scheme: the rest of a URL may hold a password.
+    """
+
+
 def normalize_url(url: str) -> str:
     """Accept plain ``sqlite://`` / ``postgresql://`` URLs and pick the async drivers.
 
@@ -77,12 +95,17 @@ def normalize_url(url: str) -> str:
     ``connect_timeout``, ``application_name``...) are translated for asyncpg when the engine
     is made (``asyncpg_connect_args``), as some become connect arguments no URL can carry.
     The text also names the URL's spool folder, which so stays the same.
+    ``UnsupportedDatabaseError`` for any other scheme; text with no scheme is left to
+    SQLAlchemy's parser, whose error says it is no URL.
     """
     if url.startswith("sqlite://"):
         return "sqlite+aiosqlite://" + url[len("sqlite://") :]
     for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://", "postgresql+psycopg://"):
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
+    scheme = _SCHEME.match(url)
+    if scheme and scheme.group(1).lower() not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        raise UnsupportedDatabaseError(f"unsupported database {scheme.group(1)!r}: wflo-otel writes to {SUPPORTED_DATABASES}")
     return url
 
 

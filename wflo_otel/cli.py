@@ -1,4 +1,4 @@
-"""The ``wflo-otel`` command: schema migrations, cost reports, the demo."""
+"""The ``wflo-otel`` command: schema migrations, cost reports, the ingest service, the spool, the demo."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Sequence
 
-from .exporters.store import DEFAULT_DATABASE_URL, create_engine
+from .exporters.store import DEFAULT_DATABASE_URL, UnsupportedDatabaseError, create_engine
 from .reports import QUERIES, TITLES
 from .settings import database_url
 
@@ -212,15 +212,30 @@ async def fetch_many(url: str, queries: Sequence[tuple[str, dict[str, Any]]]) ->
         await engine.dispose()
 
 
+# What ``report --execution`` / ``--workflow`` name must exist: an unknown one is an error, not "(no rows)".
+_EXISTS = {
+    "execution": "SELECT COUNT(*) FROM workflow_executions WHERE id = :name",
+    "workflow": "SELECT COUNT(*) FROM workflow_definitions WHERE id = :name",
+}
+
+
 def print_report(url: str, out=None, *, execution_id: str | None = None, workflow: str | None = None) -> None:
+    """Print every report section; ``CommandError`` before printing anything if a named execution
+    or workflow is not in the database (a typo should not read as an empty result)."""
     out = out if out is not None else sys.stdout
+    named = [(kind, name) for kind, name in (("execution", execution_id), ("workflow", workflow)) if name is not None]
     sections: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in REPORT_SECTIONS]
     if workflow is not None:
         sections.append(("step_costs_of_a_workflow", {"workflow": workflow}))
     if execution_id is not None:
         sections.append(("steps_of_an_execution", {"execution_id": execution_id}))
-    results = asyncio.run(fetch_many(url, [(QUERIES[name], params) for name, params in sections]))
-    for (name, params), (columns, rows) in zip(sections, results):
+    queries = [(_EXISTS[kind], {"name": name}) for kind, name in named]
+    queries += [(QUERIES[name], params) for name, params in sections]
+    results = asyncio.run(fetch_many(url, queries))
+    for (kind, name), (_, rows) in zip(named, results):
+        if not rows[0][0]:
+            raise CommandError(f"report: no {kind} {name!r} in the database")
+    for (name, params), (columns, rows) in zip(sections, results[len(named) :]):
         print(f"\n== {TITLES[name].format(**params)}", file=out)
         print(format_table(columns, rows) if rows else "(no rows)", file=out)
 
@@ -356,7 +371,7 @@ def _command_name(args: argparse.Namespace) -> str:
 
 def _report_failure(args: argparse.Namespace, exc: BaseException) -> None:
     command = _command_name(args)
-    if isinstance(exc, CommandError):
+    if isinstance(exc, (CommandError, UnsupportedDatabaseError)):  # they say all there is to say
         print(f"wflo-otel: {exc}", file=sys.stderr)
         return
     if args.command not in _DATABASE_COMMANDS:
@@ -373,22 +388,76 @@ def _report_failure(args: argparse.Namespace, exc: BaseException) -> None:
         print(f"hint: {hint}", file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wflo-otel", description=__doc__)
-    parser.add_argument("--database-url", help="default: $WFLO_DATABASE_URL or " + DEFAULT_DATABASE_URL)
-    parser.add_argument(
-        "--debug", action="store_true", help=f"print the traceback of a failure (or set ${ENV_DEBUG}=1)"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+DESCRIPTION = """\
+Cost tracking and budget enforcement for LLM workflows, stored in SQL (SQLite or PostgreSQL).
+Migrate or prune the schema (db), print the cost reports (report), receive spans from an
+OpenTelemetry pipeline over OTLP/HTTP (serve), write spans kept on disk while the database
+was away (spool), or run the demo against a local OpenAI-compatible server (demo)."""
 
-    db = sub.add_parser("db", help="schema migrations (alembic)")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
-    up = db_sub.add_parser("upgrade", help="create or upgrade the schema")
+EPILOG = """\
+The global options (--database-url, --debug) may come before or after the command.
+Database URLs: sqlite:///path/to/wflo.db (default ./wflo.db) or
+postgresql://user:password@host:5432/dbname.
+
+examples:
+  wflo-otel db upgrade
+  wflo-otel report --workflow support-agent
+  wflo-otel report --database-url postgresql://postgres@127.0.0.1/wflo
+  wflo-otel serve --port 4318
+  wflo-otel spool status"""
+
+
+class Commands:
+    """Adds subcommands that accept the global options as well as their own.
+
+    argparse reads an option only in the parser whose arguments it sits among, so
+    ``wflo-otel report --database-url X`` needs ``--database-url`` on ``report`` too. Every
+    parser made here gets the global options with ``SUPPRESS`` defaults: given after the
+    command, they overwrite the top level's value; absent, they leave it alone. A command
+    group registers itself with a function taking a ``Commands`` (see ``COMMAND_GROUPS``).
+    """
+
+    def __init__(self, subparsers: Any, common: Sequence[argparse.ArgumentParser]) -> None:
+        self._subparsers = subparsers
+        self._common = list(common)
+
+    def add(self, name: str, *, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """A subcommand parser with the global options (and ``parents=`` of its own)."""
+        parents = self._common + list(kwargs.pop("parents", ()))
+        return self._subparsers.add_parser(name, help=help, parents=parents, **kwargs)
+
+    def group(self, parser: argparse.ArgumentParser, dest: str, *, common: Sequence[argparse.ArgumentParser] = ()) -> "Commands":
+        """Sub-subcommands of ``parser`` (``db upgrade``), inheriting these global options plus ``common``."""
+        return Commands(parser.add_subparsers(dest=dest, required=True), self._common + list(common))
+
+
+def _global_options(*, top_level: bool) -> argparse.ArgumentParser:
+    """``--database-url`` and ``--debug``: with their defaults at the top level, ``SUPPRESS`` below it."""
+    options = argparse.ArgumentParser(add_help=False)
+    unset = {} if top_level else {"default": argparse.SUPPRESS}
+    options.add_argument(
+        "--database-url",
+        help="where the spans are (default: $WFLO_DATABASE_URL or " + DEFAULT_DATABASE_URL + ")",
+        **({"default": None} if top_level else unset),
+    )
+    options.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"print the traceback of a failure (or set {ENV_DEBUG}=1)",
+        **unset,
+    )
+    return options
+
+
+def register_db(commands: Commands) -> None:
+    db = commands.add("db", help="create, upgrade, inspect or prune the schema (alembic migrations)")
+    db_commands = commands.group(db, "db_command")
+    up = db_commands.add("upgrade", help="create or upgrade the schema")
     up.add_argument("revision", nargs="?", default="head")
-    down = db_sub.add_parser("downgrade", help="downgrade the schema")
+    down = db_commands.add("downgrade", help="downgrade the schema")
     down.add_argument("revision", help="target revision, e.g. base or -1")
-    db_sub.add_parser("current", help="print the current revision and the revisions applied")
-    prune_parser = db_sub.add_parser(
+    db_commands.add("current", help="print the current revision and the revisions applied")
+    prune_parser = db_commands.add(
         "prune",
         help="delete old executions with their steps (not those still RUNNING)",
         description="Delete executions that started before now - AGE, with their steps. An execution still"
@@ -405,29 +474,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.set_defaults(func=_cmd_db)
 
-    report = sub.add_parser(
+
+def register_report(commands: Commands) -> None:
+    report = commands.add(
         "report", help="recent executions, cost per workflow and per model, failures, most expensive and slowest steps"
     )
     report.add_argument("--execution", metavar="ID", help="also list the steps of this execution")
     report.add_argument("--workflow", metavar="NAME", help="also show where this workflow's cost and time go")
     report.set_defaults(func=_cmd_report)
 
-    spool = sub.add_parser("spool", help="batches kept on disk while the database was unreachable")
-    spool.add_argument("--spool-dir", help="default: $WFLO_SPOOL_DIR or ~/.cache/wflo-otel/spool")
-    spool_sub = spool.add_subparsers(dest="spool_command", required=True)
-    spool_sub.add_parser("status", help="count pending and failed batches")
-    replay = spool_sub.add_parser("replay", help="write the spooled batches now")
-    replay.add_argument("--failed", action="store_true", help="also retry batches the database refused before")
-    spool.set_defaults(func=_cmd_spool)
 
-    demo = sub.add_parser("demo", help="run the demo agent against a local OpenAI-compatible server")
+def register_spool(commands: Commands) -> None:
+    spool_dir = argparse.ArgumentParser(add_help=False)
+    spool_dir.add_argument(
+        "--spool-dir", default=argparse.SUPPRESS, help="default: $WFLO_SPOOL_DIR or ~/.cache/wflo-otel/spool"
+    )
+    spool = commands.add(
+        "spool", help="batches kept on disk while the database was unreachable: count or write them", parents=[spool_dir]
+    )
+    spool.set_defaults(spool_dir=None, func=_cmd_spool)
+    spool_commands = commands.group(spool, "spool_command", common=[spool_dir])
+    spool_commands.add("status", help="count pending and failed batches")
+    replay = spool_commands.add("replay", help="write the spooled batches now")
+    replay.add_argument("--failed", action="store_true", help="also retry batches the database refused before")
+
+
+def register_demo(commands: Commands) -> None:
+    demo = commands.add("demo", help="run the demo agent against a local OpenAI-compatible server")
     demo.set_defaults(func=_cmd_demo)
 
+
+def register_serve(commands: Commands) -> None:
     from . import ingest  # the OTLP/HTTP ingest service; the server loads only when it runs
 
-    serve = sub.add_parser("serve", help="OTLP/HTTP ingest service: receive spans on /v1/traces, write them to SQL")
+    serve = commands.add("serve", help="OTLP/HTTP ingest service: receive spans on /v1/traces, write them to SQL")
     ingest.add_arguments(serve)
     serve.set_defaults(func=lambda args: ingest.run(args, args.database_url))
+
+
+# One registration function per command group, in the order --help lists them.
+COMMAND_GROUPS = [register_db, register_report, register_spool, register_serve, register_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wflo-otel",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_global_options(top_level=True)],
+    )
+    commands = Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), [_global_options(top_level=False)])
+    for register in COMMAND_GROUPS:
+        register(commands)
     return parser
 
 

@@ -107,7 +107,11 @@ def main(database_url: str | None = None, *, quiet: bool = False) -> int:
     try:
         import openai
     except ImportError:
-        print("The demo drives the real OpenAI client: pip install 'wflo-otel[openai]'", file=sys.stderr)
+        print(
+            "The demo drives the real OpenAI client, which is not installed: pip install openai"
+            " (or, in a clone of wflo-otel: pip install -e '.[openai]')",
+            file=sys.stderr,
+        )
         return 1
     if current_handle() is not None:
         print("wflo-otel is already configured in this process; run the demo on its own", file=sys.stderr)
