@@ -29,7 +29,7 @@ demo: $(BIN)/.installed
 
 # Both legs run the whole suite: Python 3.10 + openai 2.x (+ genai-prices 0.1.x), then the main venv.
 test: $(BIN)/.installed $(BIN2)/.installed
-	$(BIN2)/python -m pytest -q -p no:cacheprovider
+	WFLO_TEST_LEG=openai2 $(BIN2)/python -m pytest -q -p no:cacheprovider
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed
