@@ -22,6 +22,13 @@ at the highest price over every tier the model has prices for. Those all-tier
 bounds are cached per model as well. Bounds cover every token rate a side can be
 billed at (audio, cache writes, images, ... as well as text).
 
+Each OpenAI-compatible provider is priced as itself: the instrumentation names the
+provider from the client's base URL (:func:`provider_for_url`, genai-prices' own
+API-URL patterns) and passes ``provider=`` to ``cost()`` / ``max_cost()``, so a
+model two providers serve is priced at the one that served it. Only when the URL
+is no known provider's (a local server, a proxy) is the model found by name:
+``openai`` first, then any provider that lists it.
+
 Price data is never fetched at run time (no ``UpdatePrices``); users can add or
 replace prices with overrides (code or a YAML/JSON file named by
 ``WFLO_PRICES_FILE``).
@@ -70,6 +77,8 @@ __all__ = (
     "PriceBook",
     "default_pricebook",
     "load_price_file",
+    "provider_for_url",
+    "provider_name",
     "reset_default_pricebook",
 )
 
@@ -302,8 +311,12 @@ class PriceBook:
         input_audio_tokens: int = 0,
         output_audio_tokens: int = 0,
         cache_write_tokens: int = 0,
+        provider: str | None = None,
     ) -> Cost:
         """Cost of one call; never raises (odd input gives an unknown cost).
+
+        ``provider`` is the genai-prices provider id that served the call (see
+        :func:`provider_for_url`); None finds the model by name.
 
         ``service_tier`` is the tier that served the call (as the response reports
         it); ``auto``, ``default`` and None mean the standard price. Audio and
@@ -312,8 +325,11 @@ class PriceBook:
         where it has them, else as the text tokens they are counted in.
         """
         try:
-            key = model if service_tier is None else (model, service_tier)
-            entry = self._cache.get(key) or self._resolve(model, service_tier)
+            if provider is None:
+                key = model if service_tier is None else (model, service_tier)
+            else:
+                key = (model, service_tier, provider)
+            entry = self._cache.get(key) or self._resolve(model, service_tier, provider)
             i = input_tokens or 0
             o = output_tokens or 0
             c = cache_read_tokens or 0
@@ -344,6 +360,7 @@ class PriceBook:
         output_tokens: int,
         *,
         service_tier: str | None = None,
+        provider: str | None = None,
     ) -> float | None:
         """Upper bound of ``cost()`` for a call using at most these tokens, or None if unknown.
 
@@ -358,9 +375,11 @@ class PriceBook:
         """
         try:
             if type(service_tier) is not str or service_tier == _ANY_TIER:
-                entry: _BoundEntry = self._bounds.get(model) or self._resolve_bound(model)
+                bound_key = model if provider is None else (model, provider)
+                entry: _BoundEntry = self._bounds.get(bound_key) or self._resolve_bound(model, provider)
             else:
-                entry = self._cache.get((model, service_tier)) or self._resolve(model, service_tier)
+                key = (model, service_tier) if provider is None else (model, service_tier, provider)
+                entry = self._cache.get(key) or self._resolve(model, service_tier, provider)
             if entry.max_input is None or entry.max_output is None:
                 return None
             i = input_tokens or 0
@@ -393,48 +412,53 @@ class PriceBook:
         book._overrides = {key: _FlatPrice(*rates) for key, *rates in overrides}
         return book
 
-    def is_known(self, model: str | None) -> bool:
-        """Whether ``model`` has a price (from genai-prices or an override)."""
+    def is_known(self, model: str | None, provider: str | None = None) -> bool:
+        """Whether ``model`` has a price (from genai-prices or an override), at ``provider`` if given."""
         try:
-            entry = self._cache.get(model) or self._resolve(model, None)
+            key = model if provider is None else (model, None, provider)
+            entry = self._cache.get(key) or self._resolve(model, None, provider)
         except Exception:
             _log.debug("cannot resolve model %r", model, exc_info=True)
             return False
         return entry is not _UNKNOWN_ENTRY
 
-    def _resolve(self, model: str | None, service_tier: str | None) -> _PriceEntry:
+    def _resolve(self, model: str | None, service_tier: str | None, provider: str | None = None) -> _PriceEntry:
         """Build and cache the entry for a key missing from the cache (slow path)."""
-        key = model if service_tier is None else (model, service_tier)
+        if provider is None:
+            key = model if service_tier is None else (model, service_tier)
+        else:
+            key = (model, service_tier, provider)
         with self._lock:
             entry = self._cache.get(key)
             if entry is None:
-                entry = self._build_entry(model, service_tier)
+                entry = self._build_entry(model, service_tier, provider)
                 if len(self._cache) >= _MAX_CACHE_ENTRIES:
                     self._cache.clear()
                 self._cache[key] = entry
             return entry
 
-    def _resolve_bound(self, model: str | None) -> _BoundEntry:
+    def _resolve_bound(self, model: str | None, provider: str | None = None) -> _BoundEntry:
         """Build and cache the all-tier bound for a model missing from the bounds (slow path)."""
+        key = model if provider is None else (model, provider)
         with self._lock:
-            entry = self._bounds.get(model)
+            entry = self._bounds.get(key)
             if entry is None:
-                entry = self._build_bound(model)
+                entry = self._build_bound(model, provider)
                 if len(self._bounds) >= _MAX_CACHE_ENTRIES:
                     self._bounds.clear()
-                self._bounds[model] = entry
+                self._bounds[key] = entry
             return entry
 
-    def _build_entry(self, model: str | None, service_tier: str | None) -> _PriceEntry:
-        found = self._lookup(model)
+    def _build_entry(self, model: str | None, service_tier: str | None, provider: str | None) -> _PriceEntry:
+        found = self._lookup(model, provider)
         if not isinstance(found, tuple):
             return found
         provider, info = found
         return _compile(provider, info, _price_context(provider, info, service_tier))
 
-    def _build_bound(self, model: str | None) -> _BoundEntry:
+    def _build_bound(self, model: str | None, provider: str | None) -> _BoundEntry:
         """The highest input and output rates of ``model`` over every service tier it has prices for."""
-        found = self._lookup(model)
+        found = self._lookup(model, provider)
         if not isinstance(found, tuple):
             return found  # unknown, or an override (one price for every tier)
         provider, info = found
@@ -451,15 +475,17 @@ class PriceBook:
             max(e.max_output for e in entries),  # type: ignore[type-var]
         )
 
-    def _lookup(self, model: str | None) -> _PriceEntry | tuple[Provider, ModelInfo]:
-        """The override or unknown entry for ``model``, else its genai-prices provider and model."""
+    def _lookup(self, model: str | None, provider: str | None = None) -> _PriceEntry | tuple[Provider, ModelInfo]:
+        """The override or unknown entry for ``model``, else its genai-prices provider and model.
+
+        An override prices the model at every provider (the user said what it costs)."""
         if not isinstance(model, str) or not model.strip():
             return _UNKNOWN_ENTRY
         key = _override_key(model)
         override = self._overrides.get(key)  # the exact name
         if override is not None:
             return override
-        found = self._find_model(model)
+        found = self._find_model(model, provider)
         if found is None:  # a name genai-prices does not know: its dated base's override, if any
             return self._overrides.get(_DATE_SUFFIX.sub("", key)) or _UNKNOWN_ENTRY
         provider, info = found
@@ -470,9 +496,17 @@ class PriceBook:
             return override
         return provider, info
 
-    def _find_model(self, model: str) -> tuple[Provider, ModelInfo] | None:
-        """Look in the configured provider first, then let genai-prices pick one by model name."""
+    def _find_model(self, model: str, provider: str | None = None) -> tuple[Provider, ModelInfo] | None:
+        """At ``provider`` when known (its own prices, or those it borrows, as genai-prices
+        resolves them for that provider); else the configured provider first, then any
+        provider genai-prices picks by model name."""
         snapshot = get_snapshot()
+        if provider is not None:
+            try:
+                return snapshot.find_provider_model(model, None, provider, None)
+            except LookupError:
+                _log.debug("unknown model %r at provider %r", model, provider)
+                return None
         for provider_id in (self._provider_id, None):
             try:
                 return snapshot.find_provider_model(model, None, provider_id, None)
@@ -480,6 +514,53 @@ class PriceBook:
                 continue
         _log.debug("unknown model %r", model)
         return None
+
+
+# --- providers ---------------------------------------------------------------
+
+# genai-prices provider ids whose OpenTelemetry GenAI name differs (gen_ai.provider.name
+# well-known values); any other provider is named by its genai-prices id.
+_SEMCONV_PROVIDER_NAMES = {
+    "azure": "azure.ai.openai",
+    "mistral": "mistral_ai",
+    "x-ai": "x_ai",
+    "aws": "aws.bedrock",
+    "google": "gcp.gen_ai",
+    "ibm": "ibm.watsonx.ai",
+}
+_url_providers: dict[str, str | None] = {}
+
+
+def provider_for_url(url: object) -> str | None:
+    """The genai-prices provider id whose API URL pattern matches ``url``, None if none does.
+
+    The same match ``genai_prices.calc_price(..., provider_api_url=url)`` makes (the
+    providers in the snapshot's order, first ``re.match`` wins), so a call is priced as
+    genai-prices itself would price it. Cached per URL string (clients are few).
+    """
+    text = str(url)
+    try:
+        return _url_providers[text]
+    except KeyError:
+        pass
+    found = None
+    for provider in get_snapshot().providers:
+        pattern = provider.api_pattern
+        if pattern and re.match(pattern, text):
+            found = provider.id
+            break
+    if len(_url_providers) >= _MAX_CACHE_ENTRIES:
+        _url_providers.clear()
+    _url_providers[text] = found
+    return found
+
+
+def provider_name(provider: str | None) -> str:
+    """``gen_ai.provider.name`` for a genai-prices provider id (``openai`` when unknown:
+    the OpenAI API, spoken by a server no pattern names)."""
+    if provider is None:
+        return "openai"
+    return _SEMCONV_PROVIDER_NAMES.get(provider, provider)
 
 
 def _price_context(provider: Provider, model: ModelInfo, service_tier: str | None) -> PriceContext | None:

@@ -23,7 +23,7 @@ from ...budget import BudgetSpanProcessor, Reservation, active_processor, overru
 from ...errors import BudgetExceededError
 from ...errors import error_type as error_type_of
 from ...metrics import GenAIMetrics
-from ...pricing import PriceBook
+from ...pricing import PriceBook, provider_for_url, provider_name
 from .parsing import (
     CHAT,
     MAX_RESERVED_TOKENS,
@@ -43,6 +43,7 @@ from .parsing import (
     request_attributes,
     usage_from,
 )
+from .tiers import TierMemory
 
 _log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Telemetry:
         default_output_tokens: int = 4096,
         capture_content: bool = False,
         default_service_tier: str | None = None,
+        tiers: TierMemory | None = None,
     ) -> None:
         self.tracer = tracer
         self.metrics = metrics
@@ -76,6 +78,8 @@ class Telemetry:
         # What the API serves a request naming no tier (or "auto"); None: unknown, so a
         # reservation is bounded at the model's most expensive tier.
         self.default_service_tier = default_service_tier
+        # The tier each endpoint served each model at, for requests naming none (tiers.py).
+        self.tiers = tiers if tiers is not None else TierMemory()
         # Prompt and completion text on spans: opt-in only (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT).
         self.capture_content = capture_content
 
@@ -100,30 +104,48 @@ def _valid_default_ceiling(value: Any) -> int:
     return _DEFAULT_OUTPUT_TOKENS
 
 
-# id(base URL) -> (that URL, its attributes): reading host and port off an httpx URL
-# on every call cost more than the rest of the request attributes together.
-_server_cache: dict[int, tuple[Any, dict[str, Any]]] = {}
+class Endpoint:
+    """Where a client sends its calls: its base URL, the provider that serves it, span attributes."""
+
+    __slots__ = ("url", "provider", "attributes")
+
+    def __init__(self, url: str, provider: str | None, attributes: dict[str, Any]) -> None:
+        self.url = url
+        # genai-prices provider id matched from the URL; None: no provider's URL (a local
+        # server, a proxy), so prices are found by model name.
+        self.provider = provider
+        self.attributes = attributes  # server.address, server.port, gen_ai.provider.name
 
 
-def server_attributes(instance: Any) -> dict[str, Any]:
-    """server.address / server.port of the client behind a resource object."""
+_UNKNOWN_ENDPOINT = Endpoint("", None, {A.GEN_AI_PROVIDER_NAME: A.PROVIDER_OPENAI})
+# id(base URL) -> (that URL, its Endpoint): reading host and port off an httpx URL (and
+# matching it against every provider's pattern) on every call cost more than the rest
+# of the request attributes together.
+_endpoint_cache: dict[int, tuple[Any, Endpoint]] = {}
+
+
+def endpoint_of(instance: Any) -> Endpoint:
+    """The endpoint of the client behind a resource object (never raises)."""
     try:
         url = instance._client.base_url
-        cached = _server_cache.get(id(url))
+        cached = _endpoint_cache.get(id(url))
         if cached is not None and cached[0] is url:  # the same object: ids are reused after collection
             return cached[1]
-        attrs: dict[str, Any] = {A.SERVER_ADDRESS: url.host}
+        text = str(url)
+        provider = provider_for_url(text)
+        attrs: dict[str, Any] = {A.GEN_AI_PROVIDER_NAME: provider_name(provider), A.SERVER_ADDRESS: url.host}
         port = url.port
         if port is not None:
             attrs[A.SERVER_PORT] = port
         elif url.scheme == "https":
             attrs[A.SERVER_PORT] = 443
-        if len(_server_cache) >= 64:
-            _server_cache.clear()
-        _server_cache[id(url)] = (url, attrs)
-        return attrs
+        endpoint = Endpoint(text, provider, attrs)
+        if len(_endpoint_cache) >= 64:
+            _endpoint_cache.clear()
+        _endpoint_cache[id(url)] = (url, endpoint)
+        return endpoint
     except Exception:
-        return {}
+        return _UNKNOWN_ENDPOINT
 
 
 class LLMCall:
@@ -134,13 +156,22 @@ class LLMCall:
     a call; an exception leaving the block fails the call and propagates unchanged.
     """
 
-    __slots__ = ("tel", "span", "model", "operation", "reservation", "started", "metric_attrs", "ended", "_token")
+    __slots__ = (
+        "tel", "span", "model", "operation", "endpoint", "tier_key",
+        "reservation", "started", "metric_attrs", "ended", "_token",
+    )
 
-    def __init__(self, tel: Telemetry, span: Span, model: Any, operation: str) -> None:
+    def __init__(
+        self, tel: Telemetry, span: Span, model: Any, operation: str, endpoint: Endpoint = _UNKNOWN_ENDPOINT
+    ) -> None:
         self.tel = tel
         self.span = span
         self.model = model if isinstance(model, str) else None
         self.operation = operation
+        self.endpoint = endpoint
+        # (endpoint, model) whose tier this call's response teaches; None when the request
+        # named its own tier (that says nothing of the tier the project is served at).
+        self.tier_key: tuple[str, str] | None = None
         self.reservation: Reservation | None = None
         self.started = time.perf_counter()
         self.metric_attrs: dict[str, Any] | None = None
@@ -261,16 +292,19 @@ class LLMCall:
             # cache and reasoning details come with output (not with embeddings)
             attrs[A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
             attrs[A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+        tier = attrs.get(A.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER)
+        self.tel.tiers.learn(self.tier_key, tier)
         cost = self.tel.pricebook.cost(
             model,
             input_tokens=usage.input_tokens or 0,
             output_tokens=usage.output_tokens or 0,
             cache_read_tokens=usage.cache_read_tokens,
             reasoning_tokens=usage.reasoning_tokens,
-            service_tier=attrs.get(A.GEN_AI_OPENAI_RESPONSE_SERVICE_TIER),
+            service_tier=tier,
             input_audio_tokens=usage.input_audio_tokens,
             output_audio_tokens=usage.output_audio_tokens,
             cache_write_tokens=usage.cache_write_tokens,
+            provider=self.endpoint.provider,
         )
         usd = cost.usd
         if usd is not None and not 0.0 <= usd < math.inf:  # NaN, negative or infinite: not a cost to charge
@@ -297,7 +331,7 @@ class LLMCall:
             return
         attrs = {
             A.GEN_AI_OPERATION_NAME: self.operation,
-            A.GEN_AI_PROVIDER_NAME: A.PROVIDER_OPENAI,
+            A.GEN_AI_PROVIDER_NAME: self.endpoint.attributes[A.GEN_AI_PROVIDER_NAME],
         }
         if self.model:
             attrs[A.GEN_AI_REQUEST_MODEL] = self.model
@@ -327,10 +361,10 @@ def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any],
     model = kwargs.get("model")
     if type(model) is not str and isinstance(model, str):  # a str Enum: the value the SDK sends
         model = str.__str__(model)
+    endpoint = endpoint_of(instance)
     attributes = {
         A.GEN_AI_OPERATION_NAME: operation,
-        A.GEN_AI_PROVIDER_NAME: A.PROVIDER_OPENAI,
-        **server_attributes(instance),
+        **endpoint.attributes,
         **request_attributes(kwargs),
     }
     if shape.request_attributes is not None:
@@ -347,7 +381,9 @@ def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any],
         except Exception:
             _log.debug("wflo-otel: could not capture input messages", exc_info=True)
     span = tel.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-    call = LLMCall(tel, span, model, operation)
+    call = LLMCall(tel, span, model, operation, endpoint)
+    if isinstance(model, str) and not _names_tier(kwargs):
+        call.tier_key = (endpoint.url, model)
     processor = tel.processor
     if processor is not None:
         chain = processor.chain_of(span.get_span_context().span_id)
@@ -383,11 +419,23 @@ def _worst_case(call: LLMCall, kwargs: dict[str, Any], has_output: bool) -> floa
         )
     tier = request.get("service_tier")
     if not isinstance(tier, str) or tier == "auto":
-        tier = call.tel.default_service_tier
+        # The project's tier: as configured, else as responses showed it, else unknown (the dearest).
+        tier = call.tel.default_service_tier or call.tel.tiers.tier(call.tier_key)
     model = call.model
     if request is not kwargs and isinstance(request.get("model"), str):
         model = str.__str__(request["model"])  # extra_body's model is the one that answers
-    return call.tel.pricebook.max_cost(model, input_tokens, output_tokens, service_tier=tier)
+    return call.tel.pricebook.max_cost(
+        model, input_tokens, output_tokens, service_tier=tier, provider=call.endpoint.provider
+    )
+
+
+def _names_tier(kwargs: Mapping[str, Any]) -> bool:
+    """Whether the request asks for a tier of its own (not none, not ``auto``)."""
+    tier = kwargs.get("service_tier")
+    extra = kwargs.get("extra_body")
+    if isinstance(extra, Mapping) and "service_tier" in extra:
+        tier = extra["service_tier"]
+    return isinstance(tier, str) and tier != "auto"
 
 
 def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any], has_output: bool = True) -> None:
@@ -395,7 +443,9 @@ def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[
         amount = _worst_case(call, kwargs, has_output)
     except Exception:  # a request we cannot read still goes out, traced; the default ceiling is held for it
         _log.warning("wflo-otel: could not bound a call's worst case; reserving the default output ceiling", exc_info=True)
-        amount = call.tel.pricebook.max_cost(call.model, 0, call.tel.default_output_tokens if has_output else 0)
+        amount = call.tel.pricebook.max_cost(
+            call.model, 0, call.tel.default_output_tokens if has_output else 0, provider=call.endpoint.provider
+        )
     try:
         call.reservation = processor.ledger.reserve(chain, amount)
     except BudgetExceededError as exc:
