@@ -66,6 +66,7 @@ WFLO_WORKFLOW_NAME = "wflo.workflow.name"
 WFLO_EXECUTION_ROOT = "wflo.execution.root"
 WFLO_WORKFLOW_INPUTS = "wflo.workflow.inputs"
 WFLO_STEP_KIND = "wflo.step.kind"
+WFLO_HTTP_ATTEMPTS = "wflo.http.attempts"
 
 STATUS_COMPLETED = "COMPLETED"
 STATUS_FAILED = "FAILED"

@@ -145,6 +145,7 @@ def configure(
     default_service_tier: str | None = None,
     service_name: str | None = None,
     instrument_openai: bool = True,
+    http_spans: bool | None = None,
 ) -> Handle:
     """Set up tracing, budgets, export to SQL and OpenAI instrumentation; return the handle.
 
@@ -156,6 +157,7 @@ def configure(
     ``default_service_tier`` (or ``$WFLO_DEFAULT_SERVICE_TIER``): the tier OpenAI serves
     your project's requests that name none, so their reservation is at its prices
     instead of the model's most expensive tier's.
+    ``http_spans`` (or ``$WFLO_HTTP_SPANS``): a span per HTTP attempt under each LLM call.
     """
     global _handle
     with _lock:
@@ -176,6 +178,7 @@ def configure(
                     default_service_tier=default_service_tier is not None,
                     service_name=service_name is not None,
                     instrument_openai=instrument_openai is not True,
+                    http_spans=http_spans is not None,
                 )
                 _handle = adopted
                 return adopted
@@ -201,7 +204,7 @@ def configure(
         instrumentor = None
         if instrument_openai:
             instrumentor = _instrument_openai(
-                provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier
+                provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier, http_spans
             )
         _handle = Handle(
             provider, budget, span_exporter, span_processor, pricebook, instrumentor, slot, meter_provider=meter_provider
@@ -318,7 +321,9 @@ def _exporter(exporter: SpanExporter | bool | None, database_url: str | None, pr
     return exporter
 
 
-def _instrument_openai(provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier=None):
+def _instrument_openai(
+    provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier=None, http_spans=None
+):
     try:
         import openai  # noqa: F401
     except ImportError:
@@ -334,6 +339,7 @@ def _instrument_openai(provider, meter_provider, pricebook, budget, default_outp
         budget_processor=budget,
         default_output_tokens=default_output_tokens or env_int(ENV_DEFAULT_OUTPUT_TOKENS),
         default_service_tier=default_service_tier,
+        http_spans=http_spans,
     )
     return instrumentor
 

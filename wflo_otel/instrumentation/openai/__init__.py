@@ -31,6 +31,7 @@ from ...errors import BudgetExceededError
 from ...metrics import GenAIMetrics
 from ...pricing import default_pricebook
 from ...settings import default_service_tier
+from .http_attempts import http_spans_setting
 from .call import LLMCall, Telemetry, begin, in_llm_call
 from .parsing import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Shape, ask_for_stream_usage, is_raw_request, read_json_body
 from .streams import (
@@ -46,6 +47,8 @@ __all__ = ["OpenAIInstrumentor"]
 
 _log = logging.getLogger(__name__)
 
+# Attempt spans when neither http_spans= nor $WFLO_HTTP_SPANS says (see docs/providers.md for the cost).
+HTTP_SPANS_DEFAULT = True
 CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 _CAPTURE_ON = frozenset(("true", "1", "yes", "on", "span_only", "span_and_event"))
 
@@ -106,7 +109,8 @@ class OpenAIInstrumentor(BaseInstrumentor):
     ``default_output_tokens`` (the output ceiling reserved when a request sets none),
     ``default_service_tier`` (the tier the API serves requests naming none; default
     ``$WFLO_DEFAULT_SERVICE_TIER``, else unknown: reserved at the model's dearest tier)
-    and ``capture_message_content`` (default: ``$OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``).
+    ``capture_message_content`` (default: ``$OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``)
+    and ``http_spans`` (a span per HTTP attempt under each call; default ``$WFLO_HTTP_SPANS``).
     """
 
     _patched: list[tuple[type, str]] = []
@@ -127,6 +131,8 @@ class OpenAIInstrumentor(BaseInstrumentor):
             default_output_tokens=kwargs.get("default_output_tokens") or 4096,
             capture_content=capture_content_from_env() if capture is None else bool(capture),
             default_service_tier=default_service_tier(kwargs.get("default_service_tier")),
+            http_spans=http_spans_setting(kwargs.get("http_spans"), default=HTTP_SPANS_DEFAULT),
+            tracer_provider=kwargs.get("tracer_provider"),
         )
         patched: list[tuple[type, str]] = []
         for module_name, class_name, method, shape, kind in _TARGETS:

@@ -43,17 +43,19 @@ from .parsing import (
     request_attributes,
     usage_from,
 )
+from .http_attempts import attach_attempts, guard_propagation
 from .tiers import TierMemory
 
 _log = logging.getLogger(__name__)
 
-# Set in the context while a call is being sent: a patched method reached from inside
-# it (``parse`` calling ``create``) is part of that call, not a new one.
+# Set in the context (to the LLMCall) while a call is being sent: a patched method reached
+# from inside it (``parse`` calling ``create``) is part of that call, not a new one; an
+# HTTP request sent under it is one of its attempts, and carries no trace context.
 _IN_CALL_KEY = otel_context.create_key("wflo_otel.in_llm_call")
 
 
 def in_llm_call() -> bool:
-    return otel_context.get_value(_IN_CALL_KEY) is True
+    return otel_context.get_value(_IN_CALL_KEY) is not None
 
 
 class Telemetry:
@@ -69,6 +71,8 @@ class Telemetry:
         capture_content: bool = False,
         default_service_tier: str | None = None,
         tiers: TierMemory | None = None,
+        http_spans: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
         self.tracer = tracer
         self.metrics = metrics
@@ -80,6 +84,9 @@ class Telemetry:
         self.default_service_tier = default_service_tier
         # The tier each endpoint served each model at, for requests naming none (tiers.py).
         self.tiers = tiers if tiers is not None else TierMemory()
+        # A span per HTTP attempt under each LLM call (http_attempts.py), on this provider.
+        self.http_spans = http_spans
+        self.tracer_provider = tracer_provider
         # Prompt and completion text on spans: opt-in only (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT).
         self.capture_content = capture_content
 
@@ -157,7 +164,7 @@ class LLMCall:
     """
 
     __slots__ = (
-        "tel", "span", "model", "operation", "endpoint", "tier_key",
+        "tel", "span", "model", "operation", "endpoint", "tier_key", "attempts",
         "reservation", "started", "metric_attrs", "ended", "_token",
     )
 
@@ -172,13 +179,14 @@ class LLMCall:
         # (endpoint, model) whose tier this call's response teaches; None when the request
         # named its own tier (that says nothing of the tier the project is served at).
         self.tier_key: tuple[str, str] | None = None
+        self.attempts = 0  # HTTP requests sent for this call (counted when attempt spans are on)
         self.reservation: Reservation | None = None
         self.started = time.perf_counter()
         self.metric_attrs: dict[str, Any] | None = None
         self.ended = False
 
     def __enter__(self) -> "LLMCall":
-        ctx = otel_context.set_value(_IN_CALL_KEY, True, trace.set_span_in_context(self.span))
+        ctx = otel_context.set_value(_IN_CALL_KEY, self, trace.set_span_in_context(self.span))
         self._token = otel_context.attach(ctx)
         return self
 
@@ -216,6 +224,8 @@ class LLMCall:
             if error_type is not None:
                 attrs[A.ERROR_TYPE] = error_type
                 span.set_status(Status(StatusCode.ERROR, error_type))
+            if self.attempts:
+                attrs[A.WFLO_HTTP_ATTEMPTS] = self.attempts
             span.set_attributes(attrs)
             if self.reservation is not None:
                 over = self._settle(cost_usd)
@@ -257,6 +267,8 @@ class LLMCall:
             elif billed:
                 attrs[A.WFLO_COST_SOURCE] = "no-usage"
             attrs[A.ERROR_TYPE] = error_type
+            if self.attempts:
+                attrs[A.WFLO_HTTP_ATTEMPTS] = self.attempts
             span.set_attributes(attrs)
             span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
             span.record_exception(exc)
@@ -362,6 +374,9 @@ def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any],
     if type(model) is not str and isinstance(model, str):  # a str Enum: the value the SDK sends
         model = str.__str__(model)
     endpoint = endpoint_of(instance)
+    guard_propagation(_IN_CALL_KEY)
+    if tel.http_spans:
+        attach_attempts(getattr(instance, "_client", None), tel.tracer_provider, _IN_CALL_KEY)
     attributes = {
         A.GEN_AI_OPERATION_NAME: operation,
         **endpoint.attributes,
