@@ -131,6 +131,7 @@ class WfloScenario:
             "meter_provider": self.setup.meter_provider,
             "pricebook": handle.pricebook,
             "budget_processor": handle.budget_processor,
+            "http_spans": False,
         }
 
     def instrument(self) -> None:
@@ -256,6 +257,15 @@ class SemconvFloorScenario(_h.FloorScenario):
 # arguments only, so "wflo - variant" is what that part costs in situ.
 
 
+class WfloHttpSpansScenario(WfloScenario):
+    """wflo with a span per HTTP attempt under each call (``http_spans=True``); ``wflo`` has them off."""
+
+    name = "wflo+http"
+
+    def instrument_kwargs(self) -> dict[str, Any]:
+        return {**super().instrument_kwargs(), "http_spans": True}
+
+
 class WfloNoMetricsScenario(WfloScenario):
     """wflo with a no-op MeterProvider: spans, parsing, pricing and budget only."""
 
@@ -295,6 +305,7 @@ class WfloNoBudgetScenario(WfloScenario):
 SCENARIOS: dict[str, Callable[[Setup], Any]] = {
     "floor": lambda setup: FloorScenario(setup.tracer_provider),
     "wflo": WfloScenario,
+    "wflo+http": WfloHttpSpansScenario,
     "-metrics": WfloNoMetricsScenario,
     "-exemplar": WfloNoExemplarsScenario,
     "-budget": WfloNoBudgetScenario,
@@ -354,6 +365,14 @@ def report(results: dict[tuple[str, str], Result], scenarios: list[Any], rounds:
                     f"{mode}: floor+semconv/floor = {semconv / floor_us:.2f}x; wflo - floor+semconv = "
                     f"{results[('wflo', mode)].overhead_us - semconv:.1f} {u} (wflo's own code)"
                 )
+    for mode in MODES:
+        if ("wflo", mode) in results and ("wflo+http", mode) in results:
+            off, on = results[("wflo", mode)], results[("wflo+http", mode)]
+            print(
+                f"{mode}: HTTP attempt spans cost {on.overhead_us - off.overhead_us:.1f} {u}/call; instrumented call "
+                f"with them / without = {(on.base_us + on.overhead_us) / (off.base_us + off.overhead_us):.2f}x; "
+                f"overhead with / without = {on.overhead_us / off.overhead_us:.2f}x"
+            )
     parts = [s.name for s in scenarios if s.name.startswith("-")]
     if parts and any(("wflo", mode) in results for mode in MODES):
         print(f"\nwhat each part of wflo costs in situ (wflo overhead minus the variant's, {u}/call):")

@@ -168,7 +168,8 @@ def _build_classes(module: Any) -> tuple[type, type]:
             call.attempts += 1
             method = self._method
             if (
-                instrumentor._is_instrumented_by_opentelemetry  # the user instruments httpx globally
+                not call.tel.http_spans  # switched off since this client was first used
+                or instrumentor._is_instrumented_by_opentelemetry  # the user instruments httpx globally
                 or method in self.__dict__  # ... or this client (instrument_client wrapped us)
                 or method in vars(self._inner)  # ... or wrapped its transport before we came
             ):
