@@ -151,19 +151,32 @@ def test_no_duplicate_attempt_spans_when_the_user_instruments_the_client(traced,
     assert _leaked(canned) == [set(), set()]
 
 
-def test_attempt_spans_are_off_with_the_setting(canned, monkeypatch):
-    monkeypatch.setenv("WFLO_HTTP_SPANS", "false")
+def _one_call(canned, **configure_kwargs):
     spans = InMemorySpanExporter()
-    handle = wflo_otel.configure(tracer_provider=TracerProvider(), exporter=spans, batch=False)
+    handle = wflo_otel.configure(tracer_provider=TracerProvider(), exporter=spans, batch=False, **configure_kwargs)
     try:
         canned.answer(openai_chat())
         client_for("https://api.openai.com/v1", canned).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     finally:
         handle.shutdown()
+    return _split(spans.get_finished_spans())
 
-    llm, attempts = _split(spans.get_finished_spans())
-    assert len(llm) == 1 and attempts == []
-    assert "wflo.http.attempts" not in llm[0].attributes
+
+def test_attempt_spans_are_off_by_default_and_on_with_the_environment(canned, monkeypatch):
+    monkeypatch.delenv("WFLO_HTTP_SPANS", raising=False)
+    (llm,), attempts = _one_call(canned)
+    assert attempts == [] and "wflo.http.attempts" not in llm.attributes
+    assert _leaked(canned) == [set()]
+
+    monkeypatch.setenv("WFLO_HTTP_SPANS", "true")
+    (llm,), attempts = _one_call(canned)
+    assert len(attempts) == 1 and llm.attributes["wflo.http.attempts"] == 1
+
+
+def test_configure_http_spans_false_wins_over_the_environment(canned, monkeypatch):
+    monkeypatch.setenv("WFLO_HTTP_SPANS", "true")
+    (llm,), attempts = _one_call(canned, http_spans=False)
+    assert attempts == [] and "wflo.http.attempts" not in llm.attributes
 
 
 def test_attempt_spans_are_stored_as_steps_of_kind_other(tmp_path, canned):

