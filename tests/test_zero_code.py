@@ -80,7 +80,9 @@ def rows(db: Path, sql: str) -> list[tuple]:
 
 def test_opentelemetry_instrument_lands_executions_and_llm_calls_in_wflo_db(tmp_path, openai_server):
     before = openai_server.request_count
-    result = run_instrumented(tmp_path, APP, openai_server, OTEL_TRACES_EXPORTER="wflo")
+    # Attempt spans asked for, while opentelemetry-instrument also loads the installed httpx
+    # instrumentation: each call still has exactly one HTTP span under it (theirs), not two.
+    result = run_instrumented(tmp_path, APP, openai_server, OTEL_TRACES_EXPORTER="wflo", WFLO_HTTP_SPANS="true")
 
     assert "answered 2" in result.stdout and "big call sent" in result.stdout  # no budget: nothing refused
     assert openai_server.request_count - before == 4
@@ -90,8 +92,17 @@ def test_opentelemetry_instrument_lands_executions_and_llm_calls_in_wflo_db(tmp_
     for execution_id, trace_id, workflow, status, service in executions:
         assert (execution_id, workflow, status, service) == (trace_id, "chat gpt-4o-mini", "COMPLETED", "zero-code-app")
     steps = rows(
-        db, "SELECT request_model, response_model, input_tokens, output_tokens, attributes FROM step_executions"
+        db,
+        "SELECT request_model, response_model, input_tokens, output_tokens, attributes FROM step_executions"
+        " WHERE kind = 'llm'",
     )
+    attempts = rows(
+        db,
+        "SELECT http.name FROM step_executions http JOIN step_executions llm ON http.parent_span_id = llm.id"
+        " WHERE http.kind = 'other' AND llm.kind = 'llm'",
+    )
+    assert attempts == [("POST",)] * 4
+    assert rows(db, "SELECT COUNT(*) FROM step_executions") == [(8,)]
     assert len(steps) == 4
     for request_model, response_model, input_tokens, output_tokens, attributes in steps:
         assert request_model == "gpt-4o-mini" and response_model.startswith("gpt-4o-mini")
@@ -104,7 +115,7 @@ def test_opentelemetry_instrument_lands_executions_and_llm_calls_in_wflo_db(tmp_
 def test_zero_code_llm_calls_are_priced_llm_steps_and_counted_in_execution_totals(tmp_path, openai_server):
     run_instrumented(tmp_path, APP, openai_server, OTEL_TRACES_EXPORTER="wflo")
     db = tmp_path / "wflo.db"
-    steps = rows(db, "SELECT kind, cost_usd FROM step_executions")
+    steps = rows(db, "SELECT kind, cost_usd FROM step_executions WHERE kind <> 'other'")  # not HTTP spans
     assert steps and all(kind == "llm" and cost > 0 for kind, cost in steps)
     totals = rows(db, "SELECT llm_calls, cost_total_usd FROM workflow_executions")
     assert all(calls == 1 and cost > 0 for calls, cost in totals)

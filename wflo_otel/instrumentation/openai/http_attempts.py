@@ -108,6 +108,8 @@ def attach_attempts(openai_client: Any, tracer_provider: Any, call_key: str) -> 
         return
     try:
         setattr(http, _MARK, True)
+        if not _package_installed():
+            return
         module = _httpx_of(http)
         if module is None:
             return
@@ -116,6 +118,25 @@ def attach_attempts(openai_client: Any, tracer_provider: Any, call_key: str) -> 
         http._transport = cls(http._transport, tracer_provider, call_key)
     except Exception:
         _log.debug("wflo-otel: could not trace the HTTP attempts of %r", http, exc_info=True)
+
+
+_missing_warned = False
+
+
+def _package_installed() -> bool:
+    """Whether opentelemetry-instrumentation-httpx is there; says once how to get it if not."""
+    global _missing_warned
+    try:
+        import opentelemetry.instrumentation.httpx  # noqa: F401
+    except ImportError:
+        if not _missing_warned:
+            _missing_warned = True
+            _log.warning(
+                "wflo-otel: HTTP attempt spans need opentelemetry-instrumentation-httpx "
+                "(the 'http' extra of wflo-otel); calls are traced without them"
+            )
+        return False
+    return True
 
 
 def _httpx_of(http: Any) -> Any:
