@@ -108,7 +108,7 @@ def test_no_trace_context_or_baggage_reaches_the_provider(traced, canned):
     canned.answer(openai_chat())
     client = client_for("https://api.openai.com/v1", canned)
     instrumentor = _user_instrumentor()
-    instrumentor.instrument()
+    instrumentor.instrument(tracer_provider=wflo_otel.configuration.tracer_provider())
     try:
         with wflo_otel.workflow("secret-budget", budget_usd=1.0):
             client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
