@@ -216,3 +216,25 @@ def test_the_propagator_guard_keeps_the_applications_propagators_visible(traced,
     client_for("https://api.openai.com/v1", canned).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     names = [type(p).__name__ for p in getattr(propagate.get_global_textmap(), "_propagators", [])]
     assert names == ["TraceContextTextMapPropagator", "WfloBaggagePropagator"]
+
+
+def test_a_tracked_functions_own_requests_keep_their_trace_context(traced, canned):
+    """track_llm_call wraps the application's code: whom it calls (a wflo-aware service of its own,
+    which enforces the budget it is handed) is its business, so its requests still carry the context."""
+    canned.answer(openai_chat())
+    http = httpx_module().Client(transport=local_transport(canned.port))
+    instrumentor = _user_instrumentor()
+    instrumentor.instrument(tracer_provider=wflo_otel.configuration.tracer_provider())
+
+    @wflo_otel.track_llm_call(model="gpt-4o-mini")
+    def ask(max_tokens: int = 10):
+        return http.post("https://models.internal.example/v1/chat/completions", json={}).json()
+
+    try:
+        with wflo_otel.workflow("tracked", budget_usd=1.0):
+            ask()
+    finally:
+        instrumentor.uninstrument()
+        http.close()
+
+    assert {"traceparent", "baggage"} <= _leaked(canned)[0]

@@ -19,8 +19,9 @@ call, and the histograms cost more than the span.
 Trace context is never sent to the LLM provider: our baggage carries the
 execution id, the workflow name and the remaining budget, which are no third
 party's business. The global propagator is wrapped (once, and again whenever the
-application replaces it) by one that injects nothing inside an LLM call; it is
-transparent everywhere else, so the user's own services still get the context.
+application replaces it) by one that injects nothing inside an OpenAI client's
+call; it is transparent everywhere else (a ``track_llm_call`` function's own
+requests included), so the user's own services still get the context.
 """
 
 from __future__ import annotations
@@ -76,8 +77,10 @@ class _NoLeakPropagator(CompositePropagator):
         self._call_key = call_key
 
     def inject(self, carrier: CarrierT, context: Optional[Context] = None, setter: Setter = default_setter) -> None:
-        if otel_context.get_value(self._call_key, context) is not None:
-            return  # a request an LLM call is sending: to a third party
+        call = otel_context.get_value(self._call_key, context)
+        if call is not None and call.endpoint.url:
+            return  # a request an OpenAI client's call is sending: to the LLM provider
+        # (a track_llm_call function has no endpoint: what it calls is the application's business)
         self._inner.inject(carrier, context, setter)
 
     def extract(self, carrier: CarrierT, context: Optional[Context] = None, getter: Getter = default_getter) -> Context:
