@@ -15,7 +15,8 @@ What a reservation at a learned tier cannot do is bound a call the provider serv
 at a dearer tier than it did last time: that call costs more than it reserved. The
 ledger settles it at its true cost and, with ``on_exceed="raise"``, raises
 ``BudgetExceededError`` if the scope is then over budget, so the cap still holds
-from the next call on (the overshoot is at most one call's tier difference).
+from the next call on (the overshoot is at most the tier difference of the calls
+in flight when the tier changed).
 
 Memory is bounded: ``max_entries`` (endpoint, model) pairs, the oldest learned
 forgotten first; a forgotten pair is reserved at its dearest tier again.
