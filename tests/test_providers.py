@@ -175,3 +175,13 @@ def test_an_override_prices_the_model_at_every_provider():
     book = PriceBook(overrides={"llama-3.3-70b-versatile": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}})
     cost = book.cost("llama-3.3-70b-versatile", 1_000_000, 1_000_000, provider="groq")
     assert (cost.usd, cost.source) == (pytest.approx(3.0), "override")
+
+
+def test_metrics_name_the_provider_too(telemetry, canned):
+    canned.answer(GROQ_CHAT)
+    client_for("https://api.groq.com/openai/v1", canned).chat.completions.create(
+        model="llama-3.3-70b-versatile", messages=MESSAGES
+    )
+
+    (point,) = telemetry.metric_points("gen_ai.client.operation.duration")
+    assert point.attributes["gen_ai.provider.name"] == "groq"
