@@ -29,6 +29,7 @@ from .budget import (
     active_processor,
 )
 from .errors import BudgetExceededError, error_type
+from .redaction import exception_attributes
 
 _log = logging.getLogger(__name__)
 _TRACER_NAME = "wflo_otel"
@@ -118,9 +119,11 @@ class _SpanBlock:
 
 
 def _record_exception(span: Span, exc: BaseException) -> None:
-    span.record_exception(exc)
+    """Record a failure on the span: redacted, and an HTTP error's body only with content capture."""
+    recorded = exception_attributes(exc)
+    span.record_exception(exc, attributes=recorded)
     span.set_attribute(A.ERROR_TYPE, error_type(exc))
-    span.set_status(Status(StatusCode.ERROR, str(exc)[:500] or type(exc).__name__))
+    span.set_status(Status(StatusCode.ERROR, recorded["exception.message"][:500]))
 
 
 def _inputs_json(inputs: Mapping[str, Any] | None) -> str | None:

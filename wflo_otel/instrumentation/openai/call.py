@@ -24,6 +24,7 @@ from ...errors import BudgetExceededError
 from ...errors import error_type as error_type_of
 from ...metrics import GenAIMetrics
 from ...pricing import PriceBook
+from ...redaction import exception_attributes
 from .parsing import (
     CHAT,
     MAX_RESERVED_TOKENS,
@@ -227,8 +228,9 @@ class LLMCall:
                 attrs[A.WFLO_COST_SOURCE] = "no-usage"
             attrs[A.ERROR_TYPE] = error_type
             span.set_attributes(attrs)
-            span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
-            span.record_exception(exc)
+            recorded = exception_attributes(exc, self.tel.capture_content)  # no key, no echoed prompt
+            span.set_status(Status(StatusCode.ERROR, recorded["exception.message"][:500]))
+            span.record_exception(exc, attributes=recorded)
             if self.reservation is not None:
                 if billed:
                     self._settle(cost_usd)  # an overrun is recorded on the scope; the original error propagates
