@@ -57,10 +57,14 @@ def redact(text: str) -> str:
     return _KEY_SHAPED.sub(REDACTED, text)
 
 
+_CUT = "… [truncated]"
+
+
 def truncate(text: str, limit: int) -> str:
+    """At most ``limit`` characters, saying so when it cut."""
     if len(text) <= limit:
         return text
-    return text[: max(0, limit - 15)] + "… [truncated]"
+    return text[: max(0, limit - len(_CUT))] + _CUT
 
 
 def redact_message(text: Any, limit: int = MESSAGE_LIMIT) -> str | None:
