@@ -153,6 +153,26 @@ def test_negative_tokens_and_costs_are_stored_as_null_and_never_subtract_from_to
     assert cost == pytest.approx(0.001) and (input_tokens, output_tokens, calls) == (200, 20, 3)
 
 
+# The README's query for values the mapping refused (runs unchanged on both engines).
+REJECTED_VALUES_SQL = """
+SELECT execution_id, name, attributes
+FROM step_executions
+WHERE CAST(attributes AS TEXT) LIKE '%wflo.storage.rejected%'
+""".strip()
+
+
+def test_the_documented_query_finds_the_values_the_mapping_refused(database_url, tmp_path):
+    spans = Spans()
+    exporter = exporter_for(database_url, tmp_path)
+    try:
+        assert exporter.export(spans.root() + spans.call(input_tokens=-1) + spans.call()).name == "SUCCESS"
+    finally:
+        exporter.shutdown()
+    ((execution_id, name, attributes),) = query(database_url, REJECTED_VALUES_SQL)
+    assert execution_id == spans.execution_id and name == "chat gpt-4o-mini"
+    assert stored_json(attributes)[REJECTED] == {"input_tokens": -1}
+
+
 def test_execution_totals_saturate_instead_of_overflowing(database_url, tmp_path):
     spans = Spans()
     exporter = exporter_for(database_url, tmp_path)
