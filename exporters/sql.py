@@ -14,8 +14,13 @@ starts). ``export`` therefore never blocks the SDK's worker for long, which woul
 make the ``BatchSpanProcessor`` drop spans. A batch the database refuses for good
 (a data error) is kept in the spool's ``failed/`` folder and logged.
 
-Shutdown. ``shutdown()`` writes or spools what it is given and tries to replay the
-spool within its timeout. A process that receives SIGTERM normally dies without
+A database that refuses us (SQLSTATE 3D000: no database of that name; class 28: the
+role or password) is not retried at once: its batches are spooled straight away.
+
+Shutdown. ``shutdown()`` writes or spools what it is given and, if the spool holds
+batches, probes the database once more (as ``force_flush()`` does) and replays them
+within its timeout if it answers; if not, it returns at once and logs one line naming
+the spool folder and ``wflo-otel spool replay``. A process that receives SIGTERM normally dies without
 running ``atexit`` hooks — where the SDK's ``TracerProvider`` flushes its batch
 processors — so, unless the application already handles SIGTERM (or
 ``WFLO_HANDLE_SIGTERM=0`` / ``handle_sigterm=False``), the exporter installs a
