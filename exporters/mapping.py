@@ -18,7 +18,6 @@ from typing import Any, Iterable, Mapping
 
 from wflo_otel import attributes as A
 from wflo_otel.genai_spans import BIGINT_LIMIT, LLM_OPERATIONS, PROVIDER, call_usage, first, is_llm_call, own_usage, service_tier
-
 from wflo_otel.redaction import redact_exception_attributes, redact_message
 
 from .records import SpanRecord
