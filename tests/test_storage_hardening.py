@@ -350,8 +350,9 @@ def cleanup():
         _created.pop()()
 
 
+@pytest.mark.parametrize("via", ["force_flush", "shutdown"])
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
-def test_force_flush_replays_at_once_when_the_database_answers_again(engine, tmp_path, cleanup):
+def test_flush_and_shutdown_replay_at_once_when_the_database_answers_again(engine, via, tmp_path, cleanup):
     url, make_it_answer = _unreachable(engine, tmp_path)
     spans = Spans()
     exporter = exporter_for(url, tmp_path)
@@ -361,7 +362,10 @@ def test_force_flush_replays_at_once_when_the_database_answers_again(engine, tmp
         exporter._next_probe = time.monotonic() + 60  # the replayer's back-off is far away
         make_it_answer()
         started = time.monotonic()
-        assert exporter.force_flush(20_000) is True
+        if via == "force_flush":
+            assert exporter.force_flush(20_000) is True
+        else:
+            exporter.shutdown(20_000)
         assert time.monotonic() - started < 10
         assert exporter.replayed_spans == 2 and not exporter.spool.pending()
     finally:
