@@ -460,12 +460,13 @@ def test_migrating_a_sqlite_file_leaves_no_lock_file_beside_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if "lock" in p.name) == []
 
 
+@pytest.mark.one_leg
 def test_concurrent_migrations_of_one_sqlite_file_still_serialise(tmp_path):
     """Removing the lock file must not let two processes migrate at once."""
     url = f"sqlite:///{tmp_path}/wflo.db"
     code = "import sys; from wflo_otel import migrations; migrations.upgrade(sys.argv[1])"
-    procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True) for _ in range(3)]
     errors = [p.communicate(timeout=60)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
     assert query(url, "SELECT version_num FROM wflo_alembic_version") == [(migrations.head_revision(),)]
     assert not list(tmp_path.glob("*.migrate.lock"))
