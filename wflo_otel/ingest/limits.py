@@ -115,8 +115,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._guard._opened(self)
         self._inner.connection_made(transport)
+        if self.closing_since is not None:  # evicted between accept() and now
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
         if not self.in_request and self.first_byte is None and data:
@@ -152,9 +153,11 @@ class _Connection(asyncio.Protocol):
     def close(self, answer: bytes | None) -> None:
         """Close (after ``answer``, if the peer has read what it was sent); abort if it lingers."""
         transport = self.transport
-        if transport is None or self.closing_since is not None:
+        if self.closing_since is not None:
             return
         self.closing_since = time.monotonic()
+        if transport is None:  # not made yet: connection_made closes it
+            return
         if answer and not transport.get_write_buffer_size():
             transport.write(answer)
         transport.close()
@@ -194,10 +197,14 @@ class ConnectionGuard:
 
     def factory(self, make_protocol: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         def create() -> asyncio.Protocol:
+            # Counted here, at accept(): one loop turn may accept many before any is "made".
             if len(self._all) >= self.max_connections and not self._evict_one():
                 self.refused += 1
                 return _Refused()
-            return _Connection(self, make_protocol())
+            connection = _Connection(self, make_protocol())
+            self._all.add(connection)
+            self._waiting_for_request[connection] = None
+            return connection
 
         return create
 
@@ -215,10 +222,6 @@ class ConnectionGuard:
             self._watchdog = None
 
     # -- bookkeeping --------------------------------------------------------------------
-
-    def _opened(self, connection: _Connection) -> None:
-        self._all.add(connection)
-        self._waiting_for_request[connection] = None
 
     def _lost(self, connection: _Connection) -> None:
         self._all.discard(connection)
