@@ -102,16 +102,30 @@ async def open_hostile(host: str, port: int, kind: str, count: int) -> list[sock
     return sockets
 
 
-async def trickle(sockets: Sequence[socket.socket], seconds: float, interval_s: float = 0.5) -> None:
-    """Keep hostile connections alive: one more byte every ``interval_s`` (slowloris)."""
+DRIP = {"idle": b"", "slow-headers": b"X-Drip: 1\r\n", "slow-body": b"\x00"}
+
+
+async def trickle(sockets: Sequence[socket.socket], seconds: float, payload: bytes, interval_s: float = 0.5) -> None:
+    """Keep hostile connections alive: ``payload`` (a header line, a body byte) every ``interval_s``."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         for sock in sockets:
             try:
-                sock.send(b"X" if sock.fileno() >= 0 else b"")
+                sock.send(payload)
             except OSError:
                 pass
         await asyncio.sleep(interval_s)
+
+
+async def hold_hostile(host: str, port: int, per_kind: int, seconds: float) -> None:
+    """Open ``per_kind`` connections of each hostile kind and keep them going for ``seconds``."""
+    opened = {kind: await open_hostile(host, port, kind, per_kind) for kind in HOSTILE_KINDS}
+    try:
+        await asyncio.gather(*(trickle(opened[kind], seconds, DRIP[kind]) for kind in HOSTILE_KINDS if DRIP[kind]))
+        await asyncio.sleep(0 if any(DRIP.values()) else seconds)
+    finally:
+        for sockets in opened.values():
+            close_all(sockets)
 
 
 def close_all(sockets: Sequence[socket.socket]) -> None:
@@ -160,6 +174,7 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
+            cwd=self.log_path.parent,  # not a source tree: ``-m`` must import the interpreter's wflo_otel
             preexec_fn=_limit_fds(self.nofile) if self.nofile else None,
         )
         log.close()
@@ -219,6 +234,7 @@ __all__ = [
     "free_port",
     "good_request",
     "gzip_bomb",
+    "hold_hostile",
     "open_hostile",
     "post",
     "trickle",
