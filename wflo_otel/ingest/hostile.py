@@ -221,7 +221,8 @@ class ServerProcess:
 async def bombs_in_flight(url: str, count: int, bomb: bytes) -> list[int]:
     """Send ``count`` gzip bombs at once; their statuses."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=count, force_close=True)) as session:
-        answers = await asyncio.gather(*(post(session, url, bomb, gzip_encoded=True, timeout_s=120) for _ in range(count)))
+        sends = (post(session, url, bomb, gzip_encoded=True, timeout_s=120) for _ in range(count))
+        answers = await asyncio.gather(*sends)
     return [status for status, _ in answers]
 
 

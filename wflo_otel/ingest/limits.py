@@ -359,4 +359,12 @@ def fit_fd_limit(max_connections: int, reserve: int = 64) -> int:
     return max_connections
 
 
-__all__ = ["BudgetFull", "ByteBudget", "ConnectionGuard", "Reservation", "ThrottledLoopErrors", "connection_of", "fit_fd_limit"]
+__all__ = [
+    "BudgetFull",
+    "ByteBudget",
+    "ConnectionGuard",
+    "Reservation",
+    "ThrottledLoopErrors",
+    "connection_of",
+    "fit_fd_limit",
+]

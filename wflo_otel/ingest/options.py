@@ -111,9 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     d = IngestLimits()
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: loopback only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
     parser.add_argument(
-        "--token", default=None, help=f"bearer token every request must carry (default ${ENV_TOKEN}; unset = none)"
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)"
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"bearer token every request must carry (default ${ENV_TOKEN}; unset = none; empty = an error)",
     )
     limit_help = {
         "max_body_mb": f"largest request body, counted after decompression (default {_mib(d.max_body_bytes)})",
@@ -176,7 +180,10 @@ def _limits(args: argparse.Namespace, env: dict[str, str]) -> IngestLimits:
     values: dict[str, Any] = {}
     for dest, (variable, parse, name, scale) in _LIMIT_OPTIONS.items():
         given = getattr(args, dest, None)
-        source, text = ("--" + dest.replace("_", "-"), given) if given is not None else (f"${variable}", env.get(variable))
+        if given is not None:
+            source, text = "--" + dest.replace("_", "-"), given
+        else:
+            source, text = f"${variable}", env.get(variable)
         if text is None:
             continue
         try:
@@ -189,7 +196,8 @@ def _limits(args: argparse.Namespace, env: dict[str, str]) -> IngestLimits:
     try:
         return replace(IngestLimits(), **values)
     except OptionError as exc:  # say it with the option names the user typed
-        raise OptionError(str(exc).replace("the in-flight bound", "--max-inflight-mb").replace("the largest body", "--max-body-mb")) from None
+        text = str(exc).replace("the in-flight bound", "--max-inflight-mb").replace("the largest body", "--max-body-mb")
+        raise OptionError(text) from None
 
 
 def run(args: argparse.Namespace, database_url: str | None = None) -> int:

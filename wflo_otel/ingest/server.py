@@ -41,6 +41,7 @@ import sys
 import threading
 import traceback
 import zlib
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -49,9 +50,15 @@ from ..exporters import otlp
 from ..exporters.store import DEFAULT_DATABASE_URL, SpanStore
 from ..settings import ENV_DATABASE_URL
 from ..settings import database_url as resolve_database_url
-from dataclasses import replace
-
-from .limits import BudgetFull, ByteBudget, ConnectionGuard, Reservation, ThrottledLoopErrors, connection_of, fit_fd_limit
+from .limits import (
+    BudgetFull,
+    ByteBudget,
+    ConnectionGuard,
+    Reservation,
+    ThrottledLoopErrors,
+    connection_of,
+    fit_fd_limit,
+)
 from .options import DEFAULT_HOST, DEFAULT_PORT, ENV_TOKEN, IngestLimits, ServeOptions, add_arguments
 from .writer import BatchWriter, Overloaded, Unavailable, describe
 
@@ -535,7 +542,8 @@ async def _serve(options: ServeOptions, database_url: str | None, *, reuse_port:
     try:
         await service.start()
     except OSError as exc:
-        print(f"wflo-otel serve: cannot listen on {options.host}:{options.port}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{options.host}:{options.port}"
+        print(f"wflo-otel serve: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     from sqlalchemy.engine import make_url
 
