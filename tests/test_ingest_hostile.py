@@ -35,7 +35,7 @@ from wflo_otel.ingest.hostile import (
     hold_hostile,
 )
 
-from test_ingest import get, post
+from test_ingest import get, post, wait_until
 
 MiB = 2**20
 
@@ -178,7 +178,7 @@ def test_past_the_connection_cap_idle_ones_make_room_and_then_newcomers_get_503(
             b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: 99\r\n\r\n"
         )
         busy = [_connect(service, body_start) for _ in range(8)]  # inside requests: not evictable
-        time.sleep(0.3)
+        assert wait_until(lambda: sum(c.in_request for c in list(service.guard._all)) == 8, 10)
         refused = _connect(service)
         _, said = _closed_after(refused)
         assert said.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in said

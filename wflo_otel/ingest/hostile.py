@@ -111,7 +111,7 @@ async def trickle(sockets: Sequence[socket.socket], seconds: float, payload: byt
     while time.monotonic() < end:
         for sock in sockets:
             try:
-                sock.send(payload)
+                sock.send(payload)  # b"" for idle connections: nothing is sent
             except OSError:
                 pass
         await asyncio.sleep(interval_s)
@@ -121,8 +121,7 @@ async def hold_hostile(host: str, port: int, per_kind: int, seconds: float) -> N
     """Open ``per_kind`` connections of each hostile kind and keep them going for ``seconds``."""
     opened = {kind: await open_hostile(host, port, kind, per_kind) for kind in HOSTILE_KINDS}
     try:
-        await asyncio.gather(*(trickle(opened[kind], seconds, DRIP[kind]) for kind in HOSTILE_KINDS if DRIP[kind]))
-        await asyncio.sleep(0 if any(DRIP.values()) else seconds)
+        await asyncio.gather(*(trickle(opened[kind], seconds, DRIP[kind]) for kind in HOSTILE_KINDS))
     finally:
         for sockets in opened.values():
             close_all(sockets)

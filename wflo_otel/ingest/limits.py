@@ -168,7 +168,10 @@ class _Refused(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.write(_REFUSAL)  # type: ignore[attr-defined]
-        transport.abort() if transport.get_write_buffer_size() else transport.close()  # type: ignore[attr-defined]
+        if transport.get_write_buffer_size():  # type: ignore[attr-defined]
+            transport.abort()  # type: ignore[attr-defined]
+        else:
+            transport.close()
 
 
 class ConnectionGuard:
