@@ -24,6 +24,7 @@ import uuid
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -582,3 +583,57 @@ def test_every_prometheus_panel_names_metrics_and_labels_our_exporter_exposes(da
             named |= metrics
     # The issue's two: the semantic-convention token histogram and the cost counter.
     assert {"gen_ai_client_token_usage_sum", "gen_ai_client_token_usage_bucket", "wflo_llm_cost_USD_total"} <= named
+
+
+# -- the read-only role of dashboards/README.md ----------------------------------------------------------
+
+
+def _readme_role_sql(role: str, database: str, owner: str) -> str:
+    """The README's role block, with this test's role, database and table owner."""
+    text = (DASHBOARD.parent / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```sql\n(.*?)```", text, re.S) if "CREATE ROLE" in b]
+    block = re.sub(r"\bgrafana_reader\b", role, block)
+    block = re.sub(r"\bDATABASE wflo\b", f'DATABASE "{database}"', block)
+    return re.sub(r"\bFOR ROLE wflo\b", f'FOR ROLE "{owner}"', block)
+
+
+def test_the_readme_read_only_role_runs_every_panel_and_writes_nothing(data):
+    import asyncpg
+
+    role = f"grafana_reader_{uuid.uuid4().hex[:8]}"
+    database = data.dsn.rsplit("/", 1)[1]
+    dashboard = load_dashboard()
+    statements = [
+        grafana_sql(t["rawSql"], _variables(dashboard, {}, p), data.time_from, data.time_to)
+        for p in query_panels(dashboard, PG_TYPE)
+        for t in p["targets"]
+    ]
+
+    async def go():
+        admin = await asyncpg.connect(data.dsn)
+        try:
+            owner = await admin.fetchval("SELECT current_user")
+            await admin.execute(_readme_role_sql(role, database, owner))
+            address = urlsplit(data.dsn)
+            reader_dsn = address._replace(netloc=f"{role}:change-me@{address.hostname}:{address.port or 5432}")
+            reader = await asyncpg.connect(urlunsplit(reader_dsn))
+            try:
+                for sql in statements:
+                    await reader.fetch(sql)
+                with pytest.raises(asyncpg.exceptions.ReadOnlySQLTransactionError):
+                    await reader.execute("UPDATE workflow_executions SET cost_total_usd = 0")
+                await reader.execute("SET default_transaction_read_only = off")
+                with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                    await reader.execute("DELETE FROM step_executions")
+                # What a later migration creates (a rollup table) is readable without another GRANT.
+                await admin.execute("CREATE TABLE grafana_later_rollup (hour timestamptz)")
+                assert await reader.fetch("SELECT * FROM grafana_later_rollup") == []
+            finally:
+                await reader.close()
+        finally:
+            await admin.execute("DROP TABLE IF EXISTS grafana_later_rollup")
+            await admin.execute(f'DROP OWNED BY "{role}"')
+            await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+            await admin.close()
+
+    asyncio.run(go())
