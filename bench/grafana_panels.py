@@ -1,0 +1,141 @@
+"""Benchmark: every PostgreSQL panel of the Grafana dashboard on a million step rows.
+
+Run: python bench/grafana_panels.py [--steps 1000000] [--pg-url postgresql://postgres@127.0.0.1:5432/postgres]
+                                    [--repeat 3] [--keep]
+
+Loads the same data as ``bench/queries.py`` (its ``LOAD_SQL``: 90 days, 20 workflows, 6 models,
+one execution per 8 steps, migrated to head by alembic), then expands each panel's SQL exactly
+as Grafana would (``tests/grafana_support.py``) and times it, side by side:
+
+- the time range: the last 1, 7 and 30 days (the panels cost in proportion to the window);
+- *All* as the dashboard writes it (a custom all-value, ``'__all__'``: no filter) against
+  Grafana's default *All* (every option listed in ``IN (...)``), over 7 days.
+
+Prints the median of ``--repeat`` runs after one warm-up, the ratios, and each query's access
+paths. The database is dropped afterwards unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from grafana_support import Variables, grafana_sql  # noqa: E402
+from queries import LOAD_SQL, MODELS, STEPS_PER_EXECUTION, WORKFLOWS, _plan_summary  # noqa: E402
+
+from wflo_otel import migrations  # noqa: E402
+
+DASHBOARD = ROOT / "dashboards" / "wflo-otel-postgres.json"
+WINDOWS = (1, 7, 30)
+
+
+async def _median_ms(conn, sql: str, repeat: int) -> float:
+    await conn.fetch(sql)  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        await conn.fetch(sql)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def _variables(definitions: dict, panel: dict, enumerated: dict | None = None) -> Variables:
+    """*All* selected; ``enumerated`` drops the custom all-value so *All* lists every option."""
+    if enumerated is not None:
+        definitions = {name: {**d, "allValue": None} for name, d in definitions.items()}
+    return Variables(definitions, {}, options=enumerated or {}, builtins={"__interval": panel.get("interval", "1h")})
+
+
+async def _options(conn, definitions: dict, start: datetime, end: datetime) -> dict[str, list[str]]:
+    options = {}
+    for name, variable in definitions.items():
+        if variable["type"] == "query":
+            sql = grafana_sql(variable["query"], Variables(definitions, {}), start, end)
+            options[name] = [r[0] for r in await conn.fetch(sql)]
+    return options
+
+
+async def run(args) -> int:
+    dashboard = json.loads(DASHBOARD.read_text())
+    definitions = {v["name"]: v for v in dashboard["templating"]["list"]}
+    panels = [p for p in dashboard["panels"] if p.get("datasource", {}).get("type") == "grafana-postgresql-datasource"]
+    name = f"wflo_bench_{uuid.uuid4().hex[:10]}"
+    db_url = f"{args.pg_url.rsplit('/', 1)[0]}/{name}"
+    admin = await asyncpg.connect(args.pg_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    results = []
+    try:
+        await asyncio.to_thread(migrations.upgrade, db_url)
+        conn = await asyncpg.connect(db_url)
+        try:
+            executions = args.steps // STEPS_PER_EXECUTION
+            t0 = time.perf_counter()
+            await conn.execute(
+                LOAD_SQL.format(
+                    workflows=WORKFLOWS,
+                    executions=executions,
+                    steps=executions * STEPS_PER_EXECUTION,
+                    per=STEPS_PER_EXECUTION,
+                    models="[" + ", ".join(f"'{m}'" for m in MODELS) + "]",
+                    n_models=len(MODELS),
+                )
+            )
+            await conn.execute("VACUUM ANALYZE")
+            print(f"loaded {executions * STEPS_PER_EXECUTION:,} step rows, {executions:,} executions over 90 days "
+                  f"in {time.perf_counter() - t0:.1f}s\n")
+            end = datetime.now(timezone.utc)
+            week = end - timedelta(days=7)
+            enumerated = await _options(conn, definitions, week, end)
+            for panel in panels:
+                raw = panel["targets"][0]["rawSql"]
+                by_window = {}
+                for days in WINDOWS:
+                    sql = grafana_sql(raw, _variables(definitions, panel), end - timedelta(days=days), end)
+                    by_window[days] = await _median_ms(conn, sql, args.repeat)
+                sql_7d = grafana_sql(raw, _variables(definitions, panel), week, end)
+                listed = await _median_ms(conn, grafana_sql(raw, _variables(definitions, panel, enumerated), week, end), args.repeat)
+                plan = json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql_7d))[0]
+                results.append((panel["title"], by_window, listed, _plan_summary(plan)))
+        finally:
+            await conn.close()
+    finally:
+        if args.keep:
+            print(f"kept database {db_url}")
+        else:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+    width = max(len(r[0]) for r in results)
+    head = "  ".join(f"{d}d ms".rjust(8) for d in WINDOWS)
+    print(f"{'panel'.ljust(width)}  {head}  30d/7d  All listed 7d ms  listed/custom  access paths (7d)")
+    for title, by_window, listed, paths in results:
+        cells = "  ".join(f"{by_window[d]:8.1f}" for d in WINDOWS)
+        print(f"{title.ljust(width)}  {cells}  {by_window[30] / by_window[7]:6.2f}  {listed:16.1f}  {listed / by_window[7]:13.2f}  {paths}")
+    slowest = max(max(r[1].values()) for r in results)
+    print(f"\nslowest panel median: {slowest:.1f} ms")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the database (prints its URL)")
+    return asyncio.run(run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
