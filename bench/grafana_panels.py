@@ -17,25 +17,20 @@ paths. The database is dropped afterwards unless ``--keep``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
 import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from grafana_support import Variables, grafana_sql  # noqa: E402
-from queries import LOAD_SQL, MODELS, STEPS_PER_EXECUTION, WORKFLOWS, _plan_summary  # noqa: E402
-
-from wflo_otel import migrations  # noqa: E402
+from queries import _plan_summary, loaded_database, parse_args  # noqa: E402
 
 DASHBOARD = ROOT / "dashboards" / "wflo-otel-postgres.json"
 WINDOWS = (1, 7, 30)
@@ -71,51 +66,21 @@ async def run(args) -> int:
     dashboard = json.loads(DASHBOARD.read_text())
     definitions = {v["name"]: v for v in dashboard["templating"]["list"]}
     panels = [p for p in dashboard["panels"] if p.get("datasource", {}).get("type") == "grafana-postgresql-datasource"]
-    name = f"wflo_bench_{uuid.uuid4().hex[:10]}"
-    db_url = f"{args.pg_url.rsplit('/', 1)[0]}/{name}"
-    admin = await asyncpg.connect(args.pg_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
     results = []
-    try:
-        await asyncio.to_thread(migrations.upgrade, db_url)
-        conn = await asyncpg.connect(db_url)
-        try:
-            executions = args.steps // STEPS_PER_EXECUTION
-            t0 = time.perf_counter()
-            await conn.execute(
-                LOAD_SQL.format(
-                    workflows=WORKFLOWS,
-                    executions=executions,
-                    steps=executions * STEPS_PER_EXECUTION,
-                    per=STEPS_PER_EXECUTION,
-                    models="[" + ", ".join(f"'{m}'" for m in MODELS) + "]",
-                    n_models=len(MODELS),
-                )
-            )
-            await conn.execute("VACUUM ANALYZE")
-            print(f"loaded {executions * STEPS_PER_EXECUTION:,} step rows, {executions:,} executions over 90 days "
-                  f"in {time.perf_counter() - t0:.1f}s\n")
-            end = datetime.now(timezone.utc)
-            week = end - timedelta(days=7)
-            enumerated = await _options(conn, definitions, week, end)
-            for panel in panels:
-                raw = panel["targets"][0]["rawSql"]
-                by_window = {}
-                for days in WINDOWS:
-                    sql = grafana_sql(raw, _variables(definitions, panel), end - timedelta(days=days), end)
-                    by_window[days] = await _median_ms(conn, sql, args.repeat)
-                sql_7d = grafana_sql(raw, _variables(definitions, panel), week, end)
-                listed = await _median_ms(conn, grafana_sql(raw, _variables(definitions, panel, enumerated), week, end), args.repeat)
-                plan = json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql_7d))[0]
-                results.append((panel["title"], by_window, listed, _plan_summary(plan)))
-        finally:
-            await conn.close()
-    finally:
-        if args.keep:
-            print(f"kept database {db_url}")
-        else:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with loaded_database(args.pg_url, args.steps, args.keep) as (conn, _):
+        end = datetime.now(timezone.utc)
+        week = end - timedelta(days=7)
+        enumerated = await _options(conn, definitions, week, end)
+        for panel in panels:
+            raw = panel["targets"][0]["rawSql"]
+            by_window = {}
+            for days in WINDOWS:
+                sql = grafana_sql(raw, _variables(definitions, panel), end - timedelta(days=days), end)
+                by_window[days] = await _median_ms(conn, sql, args.repeat)
+            sql_7d = grafana_sql(raw, _variables(definitions, panel), week, end)
+            listed = await _median_ms(conn, grafana_sql(raw, _variables(definitions, panel, enumerated), week, end), args.repeat)
+            plan = json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql_7d))[0]
+            results.append((panel["title"], by_window, listed, _plan_summary(plan)))
 
     width = max(len(r[0]) for r in results)
     head = "  ".join(f"{d}d ms".rjust(8) for d in WINDOWS)
@@ -129,12 +94,7 @@ async def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1_000_000)
-    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--keep", action="store_true", help="keep the database (prints its URL)")
-    return asyncio.run(run(parser.parse_args(argv)))
+    return asyncio.run(run(parse_args(__doc__, argv, repeat=3)))
 
 
 if __name__ == "__main__":
