@@ -195,9 +195,11 @@ async def loaded_database(pg_url: str, steps: int, keep: bool = False):
         await admin.close()
 
 
-def parse_args(doc: str, argv=None, repeat: int = 5) -> argparse.Namespace:
-    """The options every benchmark on this data takes."""
+def parse_args(doc: str, argv=None, repeat: int = 5, add_arguments=None) -> argparse.Namespace:
+    """The options every benchmark on this data takes, plus what ``add_arguments(parser)`` adds."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if add_arguments is not None:
+        add_arguments(parser)
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--repeat", type=int, default=repeat)
