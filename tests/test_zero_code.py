@@ -86,9 +86,9 @@ def test_opentelemetry_instrument_lands_executions_and_llm_calls_in_wflo_db(tmp_
     assert openai_server.request_count - before == 4
     db = tmp_path / "wflo.db"  # the default database, in the working directory
     executions = rows(db, "SELECT id, trace_id, workflow_id, status, service_name FROM workflow_executions")
-    assert len(executions) == 4  # each call is a trace of its own, and so an execution
+    assert len(executions) == 4  # each call is a trace of its own, and so an execution of the service
     for execution_id, trace_id, workflow, status, service in executions:
-        assert (execution_id, workflow, status, service) == (trace_id, "chat gpt-4o-mini", "COMPLETED", "zero-code-app")
+        assert (execution_id, workflow, status, service) == (trace_id, "zero-code-app", "COMPLETED", "zero-code-app")
     steps = rows(
         db, "SELECT request_model, response_model, input_tokens, output_tokens, attributes FROM step_executions"
     )

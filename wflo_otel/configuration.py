@@ -29,6 +29,7 @@ from .budget import (
     set_active_processor,
 )
 from .pricing import PriceBook
+from .sampling import keep_budgets_when_sampled_out
 from .settings import ENV_DEFAULT_BUDGET, ENV_DEFAULT_OUTPUT_TOKENS, env_float, env_int, pricebook_for
 
 _log = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ def configure(
             pricebook=pricebook,
         )
         provider = _provider(tracer_provider, service_name)
+        keep_budgets_when_sampled_out(provider)  # a trace the sampler drops is still budgeted
         span_exporter = _exporter(exporter, database_url, pricebook)
         span_processor = None
         if span_exporter is not None:
