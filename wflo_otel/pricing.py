@@ -494,14 +494,16 @@ def _unknown_model(model: str) -> _UnknownPrice:
 
     An unknown model costs nothing as far as budgets know, so a typo or a new model
     would otherwise pass every budget without a word. Each name is resolved once per
-    book (then cached), and warned about once per process; after the first
+    book (then cached), and warned about once per process (a dated snapshot as its
+    undated name); after the first
     ``_MAX_WARNED_MODELS`` names, one last line says the rest are not named.
     """
     name = model[:_WARNED_NAME_CHARS]
+    key = _DATE_SUFFIX.sub("", name.lower())  # the request's model and the response's dated snapshot are one
     with _warned_lock:
-        if name in _warned_models or len(_warned_models) >= _MAX_WARNED_MODELS:
+        if key in _warned_models or len(_warned_models) >= _MAX_WARNED_MODELS:
             return _UNKNOWN_ENTRY
-        _warned_models.add(name)
+        _warned_models.add(key)
         last = len(_warned_models) == _MAX_WARNED_MODELS
     _log.warning(
         "wflo-otel: no price for model %r: its calls are recorded without a cost and count as $0 against "
