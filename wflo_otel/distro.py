@@ -16,6 +16,11 @@
   another distro's configurator won (``opentelemetry-distro`` installed too, or
   ``OTEL_PYTHON_CONFIGURATOR`` naming another), it puts the budget processor in
   front of that SDK's processors all the same.
+
+A zero-code run is budgeted or does not start (docs/zero-code.md): ``WFLO_*``
+values it cannot use end it with exit status 2 before the application runs; an
+exporter that cannot be loaded or started is left out with one line
+(``sdk_exporters``); a sampler's dropped traces are still budgeted (``sampling``).
 """
 
 from __future__ import annotations
