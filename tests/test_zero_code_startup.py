@@ -109,7 +109,7 @@ FAILING_EXPORTER = """
 from opentelemetry.sdk.trace.export import SpanExporter
 
 
-class FailingExporter(SpanExporter):
+class Exporter(SpanExporter):
     def __init__(self, **kwargs):
         raise ConnectionError("backend unreachable")
 
@@ -118,18 +118,22 @@ class FailingExporter(SpanExporter):
 """
 
 
-@pytest.mark.one_leg
-def test_an_exporter_that_fails_to_start_leaves_budgets_and_instrumentation_running(tmp_path, openai_server):
+def run_budgeted_with_exporter(tmp_path, openai_server, module: str, source: str, exporters: str) -> str:
+    """Run APP with the fake exporter package ``module`` (entry point named after it, minus
+    ``_exporter``) and ``OTEL_TRACES_EXPORTER=exporters``; assert it was budgeted; return the one wflo-otel line."""
     site = tmp_path / "site"
-    install_fake_distribution(
-        site, "failing_exporter", FAILING_EXPORTER, "[opentelemetry_traces_exporter]\nfailing = failing_exporter:FailingExporter\n"
-    )
+    name = module.removesuffix("_exporter")
+    install_fake_distribution(site, module, source, f"[opentelemetry_traces_exporter]\n{name} = {module}:Exporter\n")
     before = openai_server.request_count
-    result = run_instrumented(
-        tmp_path, APP, openai_server, OTEL_TRACES_EXPORTER="failing", PYTHONPATH=str(site), **BUDGET
-    )
+    result = run_instrumented(tmp_path, APP, openai_server, OTEL_TRACES_EXPORTER=exporters, PYTHONPATH=str(site), **BUDGET)
     assert_budgeted(result, openai_server, before)
     (line,) = wflo_lines(result.stderr)
+    return line
+
+
+@pytest.mark.one_leg
+def test_an_exporter_that_fails_to_start_leaves_budgets_and_instrumentation_running(tmp_path, openai_server):
+    line = run_budgeted_with_exporter(tmp_path, openai_server, "failing_exporter", FAILING_EXPORTER, "failing")
     assert "ConnectionError: backend unreachable" in line and "budgets are enforced" in line
 
 
@@ -138,16 +142,7 @@ BROKEN_EXPORTER_PACKAGE = "import no_such_dependency_of_this_exporter\n"
 
 @pytest.mark.one_leg
 def test_an_exporter_that_fails_to_import_is_left_out_and_the_others_still_export(tmp_path, openai_server):
-    site = tmp_path / "site"
-    install_fake_distribution(
-        site, "broken_exporter", BROKEN_EXPORTER_PACKAGE, "[opentelemetry_traces_exporter]\nbroken = broken_exporter:Exporter\n"
-    )
-    before = openai_server.request_count
-    result = run_instrumented(
-        tmp_path, APP, openai_server, OTEL_TRACES_EXPORTER="broken,wflo", PYTHONPATH=str(site), **BUDGET
-    )
-    assert_budgeted(result, openai_server, before)
-    (line,) = wflo_lines(result.stderr)
+    line = run_budgeted_with_exporter(tmp_path, openai_server, "broken_exporter", BROKEN_EXPORTER_PACKAGE, "broken,wflo")
     assert "OTEL_TRACES_EXPORTER=broken" in line and "ModuleNotFoundError" in line
     assert rows(tmp_path / "wflo.db", "SELECT COUNT(*) FROM step_executions") == [(4,)]  # wflo still exported
 
