@@ -176,3 +176,32 @@ def test_a_prices_file_with_bad_content_stops_the_run_with_exit_2_naming_the_ent
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("wflo-otel: WFLO_PRICES_FILE: prices.yaml") and "house-model-7b" in line
+
+
+BROKEN_INSTRUMENTOR = """
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+
+class BrokenInstrumentor(BaseInstrumentor):
+    def instrumentation_dependencies(self):
+        return []
+
+    def _instrument(self, **kwargs):
+        raise RuntimeError("a bug in another package")
+
+    def _uninstrument(self, **kwargs):
+        pass
+"""
+
+
+@pytest.mark.one_leg
+def test_another_instrumentation_that_fails_does_not_stop_the_openai_one_from_loading(tmp_path, openai_server):
+    site = tmp_path / "site"  # first on sys.path: its entry point is loaded before wflo-otel's
+    install_fake_distribution(
+        site, "broken_instrumentor", BROKEN_INSTRUMENTOR, "[opentelemetry_instrumentor]\nbroken = broken_instrumentor:BrokenInstrumentor\n"
+    )
+    before = openai_server.request_count
+    result = run_instrumented(tmp_path, APP, openai_server, OTEL_TRACES_EXPORTER="wflo", PYTHONPATH=str(site), **BUDGET)
+    assert_budgeted(result, openai_server, before)
+    (line,) = wflo_lines(result.stderr)
+    assert "instrumentation 'broken' failed (RuntimeError: a bug in another package)" in line

@@ -151,6 +151,7 @@ class WfloConfigurator(_OTelSDKConfigurator):
 
     def _configure(self, **kwargs: Any) -> None:
         processor = new_budget_processor()
+        choose_otlp_protocol()  # again: another distro may have been the one that ran
         accepted = _initialize_parameters()
         if "span_processors" in accepted:
             kwargs["span_processors"] = [processor, *(kwargs.get("span_processors") or ())]
@@ -228,7 +229,23 @@ class WfloDistro(BaseDistro):
             output_tokens = settings().default_output_tokens
             if output_tokens:
                 kwargs.setdefault("default_output_tokens", output_tokens)
-        super().load_instrumentor(entry_point, **kwargs)
+            super().load_instrumentor(entry_point, **kwargs)
+            return
+        try:
+            super().load_instrumentor(entry_point, **kwargs)
+        except ImportError:
+            raise  # the loader skips a library that is not installed, as it should
+        except Exception as exc:
+            if type(exc).__name__ == "DependencyConflictError":
+                raise  # the loader says which version it wanted and carries on
+            # The loader re-raises anything else and stops loading: the OpenAI
+            # instrumentation, and so every budget, would be lost to another package's bug.
+            _log.error(
+                "wflo-otel: instrumentation %r failed (%s: %s); carrying on without it",
+                getattr(entry_point, "name", value),
+                type(exc).__name__,
+                exc,
+            )
 
 
 def ensure_budget_processor() -> None:
