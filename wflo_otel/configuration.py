@@ -154,6 +154,8 @@ def configure(
     ``batch=False`` exports each span as it ends (handy in scripts and tests).
     ``propagate_budget`` installs the W3C baggage propagator that carries the budget
     scope to downstream services (unless ``OTEL_PROPAGATORS`` is set).
+    The provider's sampler is wrapped so a trace it drops is still recorded, and so
+    budgeted, though not exported (``wflo_otel.sampling``).
     ``default_service_tier`` (or ``$WFLO_DEFAULT_SERVICE_TIER``): the tier OpenAI serves
     your project's requests that name none, so their reservation is at its prices
     instead of the model's most expensive tier's.

@@ -8,7 +8,7 @@ every call goes out unbudgeted. So:
 
 * ``choose_otlp_protocol`` (run by the distro, before the configurator): ``otlp``
   with no protocol chosen, the gRPC exporter absent and the HTTP one installed
-  (``wflo-otel[otlp]``) means OTLP over HTTP (``http/protobuf``), as a user who
+  (the ``otlp`` extra) means OTLP over HTTP (``http/protobuf``), as a user who
   installed only that one means.
 * ``usable_exporters`` (run by the configurator): the exporters that cannot be
   loaded are left out, each with one line on stderr; the rest of the run —
@@ -39,10 +39,11 @@ SIGNALS: Mapping[str, tuple[str, str, str]] = {
     "logs": ("OTEL_LOGS_EXPORTER", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "opentelemetry_logs_exporter"),
 }
 
+# Package names, which any index has (wflo-otel itself may be installed from a clone or a wheel).
 _HINTS = {
-    OTLP_GRPC: "OTLP over gRPC needs opentelemetry-exporter-otlp-proto-grpc; "
-    "or pip install 'wflo-otel[otlp]' and set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
-    OTLP_HTTP: "pip install 'wflo-otel[otlp]' (opentelemetry-exporter-otlp-proto-http)",
+    OTLP_GRPC: "OTLP over gRPC needs opentelemetry-exporter-otlp-proto-grpc; or install "
+    "opentelemetry-exporter-otlp-proto-http (wflo-otel's otlp extra) and set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
+    OTLP_HTTP: "install opentelemetry-exporter-otlp-proto-http (wflo-otel's otlp extra)",
 }
 
 
