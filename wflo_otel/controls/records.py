@@ -6,6 +6,16 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+STATUS_PENDING = "PENDING"
+STATUS_APPROVED = "APPROVED"
+STATUS_REJECTED = "REJECTED"
+STATUS_EXPIRED = "EXPIRED"
+APPROVAL_STATUSES = (STATUS_PENDING, STATUS_APPROVED, STATUS_REJECTED, STATUS_EXPIRED)
+
+ROLLBACK_COMPLETED = "COMPLETED"
+ROLLBACK_FAILED = "FAILED"
+ROLLBACK_PARTIAL = "PARTIAL"
+
 
 def utc(value: datetime | None) -> datetime | None:
     """SQLite gives timestamps back without their zone; every stored one is UTC."""

@@ -41,12 +41,8 @@ from wflo_otel.exporters.schema import workflow_definitions, workflow_executions
 from wflo_otel.exporters.store import create_engine, normalize_url
 
 from .errors import ApprovalConflict, ApprovalNotFound
-from .records import Approval, ExecutionInfo, Snapshot, utc
+from .records import STATUS_APPROVED, STATUS_EXPIRED, STATUS_PENDING, STATUS_REJECTED, Approval, ExecutionInfo, Snapshot, utc
 from .schema import (
-    STATUS_APPROVED,
-    STATUS_EXPIRED,
-    STATUS_PENDING,
-    STATUS_REJECTED,
     approval_requests,
     execution_resumes,
     rollback_actions,
@@ -284,7 +280,7 @@ class ControlStore:
             conn = await conn.execution_options(**_WRITE)
             async with conn.begin():
                 await self._ensure_execution(conn, ref)
-                await conn.execute(table.insert().values(**{"id": row_id, "created_at": now_utc(), **values}))
+                await conn.execute(table.insert().values(**{"id": row_id, "execution_id": ref.id, "created_at": now_utc(), **values}))
         self._remember(ref.id)
         return row_id
 
