@@ -8,24 +8,31 @@ if TYPE_CHECKING:  # pragma: no cover
     from .records import Approval
 
 
-class ApprovalRejected(Exception):
-    """A person (or a policy) rejected the request: ``.approval.decided_by`` and ``.approval.reason`` say who and why."""
+class _ApprovalRefused(Exception):
+    """A gate that did not open: ``.approval`` is the stored request, ``.decided_by`` / ``.reason`` who and why."""
 
     def __init__(self, approval: "Approval") -> None:
         self.approval = approval
         self.decided_by = approval.decided_by
         self.reason = approval.reason
-        super().__init__(f"approval {approval.name!r} ({approval.id}) rejected by {approval.decided_by}: {approval.reason or 'no reason given'}")
+        super().__init__(self._describe(approval))
+
+    def _describe(self, approval: "Approval") -> str:
+        raise NotImplementedError
 
 
-class ApprovalExpired(Exception):
+class ApprovalRejected(_ApprovalRefused):
+    """A person (or a policy) rejected the request."""
+
+    def _describe(self, approval: "Approval") -> str:
+        return f"approval {approval.name!r} ({approval.id}) rejected by {approval.decided_by}: {approval.reason or 'no reason given'}"
+
+
+class ApprovalExpired(_ApprovalRefused):
     """Nobody decided before the request's ``expires_at``."""
 
-    def __init__(self, approval: "Approval") -> None:
-        self.approval = approval
-        self.decided_by = approval.decided_by
-        self.reason = approval.reason
-        super().__init__(f"approval {approval.name!r} ({approval.id}) expired after {approval.timeout_s}s without a decision")
+    def _describe(self, approval: "Approval") -> str:
+        return f"approval {approval.name!r} ({approval.id}) expired after {approval.timeout_s}s without a decision"
 
 
 class ApprovalConflict(Exception):

@@ -222,24 +222,20 @@ class ControlStore:
             return Snapshot(snapshot_id, ref.id, name, version, state, spent_usd, step_id, trace_id, at)
         raise AssertionError("unreachable")
 
-    async def snapshots(self, execution_id: str, name: str | None = None) -> list[Snapshot]:
-        """The execution's checkpoints, oldest first (only those named ``name`` if given)."""
+    async def snapshots(self, execution_id: str, name: str | None = None, *, latest: bool = False) -> list[Snapshot]:
+        """The execution's checkpoints, oldest first (only those named ``name`` if given; only the newest with ``latest``)."""
         s = state_snapshots
-        query = sa.select(s).where(s.c.execution_id == execution_id).order_by(s.c.version)
+        query = sa.select(s).where(s.c.execution_id == execution_id)
         if name is not None:
             query = query.where(s.c.name == name)
+        query = query.order_by(s.c.version.desc()).limit(1) if latest else query.order_by(s.c.version)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [_snapshot(row) for row in rows]
 
     async def latest_snapshot(self, execution_id: str, name: str | None = None) -> Snapshot | None:
-        s = state_snapshots
-        query = sa.select(s).where(s.c.execution_id == execution_id).order_by(s.c.version.desc()).limit(1)
-        if name is not None:
-            query = query.where(s.c.name == name)
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).mappings().first()
-        return _snapshot(row) if row is not None else None
+        found = await self.snapshots(execution_id, name, latest=True)
+        return found[0] if found else None
 
     async def record_resume(
         self, ref: ExecutionRef, snapshot_id: str | None, previous_trace_id: str | None, spent_usd: float
