@@ -147,6 +147,27 @@ class Ledger:
         unknown = amount is None
         if unknown:
             amount = 0.0
+        with self._lock:
+            for scope in chain:
+                if unknown and scope.unknown_model == UNKNOWN_MODEL_REFUSE:
+                    break
+                budget = scope.budget_usd
+                if budget is None:
+                    continue
+                if scope.spent_usd + scope.reserved_usd + amount > budget + _EPSILON or scope.spent_usd >= budget:
+                    break
+            else:
+                for scope in chain:
+                    scope.reserved_usd += amount
+                return Reservation(chain, amount)
+        return self._reserve_refused(chain, amount, unknown)
+
+    def _reserve_refused(self, chain: Chain, amount: float, unknown: bool) -> Reservation:
+        """A scope refuses: raise, unless its approver (``on_exceed="approve"``) raises its budget.
+
+        The approver runs outside the lock (it may wait for a person); the check runs again
+        after each raise, as a concurrent call may have taken the room meanwhile.
+        """
         for _ in range(_APPROVAL_ROUNDS + 1):
             with self._lock:
                 refusing = _refusing(chain, amount, unknown)
@@ -159,7 +180,7 @@ class Ledger:
                 if approver is None:
                     raise _refusal(scope, None if unpriced else amount)
                 needed = max(scope.spent_usd + scope.reserved_usd + amount - scope.budget_usd, _EPSILON)
-            approved = approver(scope, needed)  # outside the lock: it may wait for a person
+            approved = approver(scope, needed)
             with self._lock:
                 if not approved:
                     raise _refusal(scope, amount)
