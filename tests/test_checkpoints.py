@@ -187,3 +187,20 @@ def test_the_checkpoints_command_lists_an_executions_snapshots(controls, capsys)
     assert "one" in out and '{"a": 1}' in out and "two" in out and "…" in out
     assert main(["--database-url", controls.url, "checkpoints", "unknown-id"]) == 1
     assert "has no checkpoints" in capsys.readouterr().err
+
+
+def test_a_forked_child_checkpoints_on_its_own_loop_and_connections(controls):
+    with wflo_otel.workflow("parent") as wf:
+        wf.checkpoint("before-fork", {"a": 1})
+    pid = os.fork()
+    if pid == 0:  # the parent's loop thread does not exist here: the child must not wait on it
+        code = 1
+        try:
+            with wflo_otel.workflow("child") as child:
+                child.checkpoint("in-child", {"b": 2})
+                code = 0 if [s.name for s in child.checkpoints()] == ["in-child"] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert controls.rows("SELECT name FROM state_snapshots ORDER BY created_at") == [("before-fork",), ("in-child",)]

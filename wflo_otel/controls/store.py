@@ -26,6 +26,7 @@ backstop. SQLite has no notification: a waiter polls every ``SQLITE_POLL_S``.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -488,6 +489,19 @@ def _configured_url() -> str:
     exporter = getattr(handle, "exporter", None) if handle is not None else None
     url = getattr(exporter, "database_url", None)
     return normalize_url(url) if isinstance(url, str) else database_url()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's loop thread and pooled sockets are not ours; start afresh."""
+    global _stores_lock
+    for store in _stores.values():
+        store.engine.sync_engine.dispose(close=False)
+    _stores.clear()
+    _stores_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, where nothing forks
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def close_stores(urls: Iterable[str] | None = None) -> None:
