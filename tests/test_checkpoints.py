@@ -195,6 +195,7 @@ def test_a_forked_child_checkpoints_on_its_own_loop_and_connections(controls):
     pid = os.fork()
     if pid == 0:  # the parent's loop thread does not exist here: the child must not wait on it
         code = 1
+        signal.alarm(20)  # a child waiting on its parent's loop would hang: die instead
         try:
             with wflo_otel.workflow("child") as child:
                 child.checkpoint("in-child", {"b": 2})
