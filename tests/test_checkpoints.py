@@ -205,3 +205,28 @@ def test_a_forked_child_checkpoints_on_its_own_loop_and_connections(controls):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert controls.rows("SELECT name FROM state_snapshots ORDER BY created_at") == [("before-fork",), ("in-child",)]
+
+
+CONTROL_TABLES = {"state_snapshots", "rollback_actions", "approval_requests", "execution_resumes"}
+CONTROL_VIEWS = {"pending_approvals", "approval_latency", "executions_resumed", "rollback_outcomes"}
+
+
+def test_the_control_migration_downgrades_and_upgrades_again(database_url):
+    import sqlalchemy as sa
+    from alembic.script import ScriptDirectory
+
+    from wflo_otel import migrations
+
+    def names(conn):
+        inspector = sa.inspect(conn)
+        return set(inspector.get_table_names()), set(inspector.get_view_names())
+
+    before = ScriptDirectory.from_config(migrations.alembic_config()).get_revision("0005_controls").down_revision
+    migrations.upgrade(database_url)
+    tables, views = asyncio.run(migrations.run_async(database_url, names))
+    assert CONTROL_TABLES <= tables and CONTROL_VIEWS <= views
+    migrations.downgrade(database_url, before)
+    tables, views = asyncio.run(migrations.run_async(database_url, names))
+    assert not (CONTROL_TABLES & tables) and not (CONTROL_VIEWS & views) and "workflow_executions" in tables
+    migrations.upgrade(database_url)
+    assert CONTROL_TABLES <= asyncio.run(migrations.run_async(database_url, names))[0]
