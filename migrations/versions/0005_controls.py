@@ -31,7 +31,7 @@ Timestamp = sa.DateTime(timezone=True)
 
 # Seconds between two timestamps: the only engine difference of the views.
 _SECONDS = {
-    "postgresql": "EXTRACT(EPOCH FROM ({end} - {start}))",
+    "postgresql": "CAST(EXTRACT(EPOCH FROM ({end} - {start})) AS DOUBLE PRECISION)",
     "sqlite": "((julianday({end}) - julianday({start})) * 86400.0)",
 }
 
