@@ -115,3 +115,20 @@ def test_on_rollback_outside_a_workflow_is_a_clear_error(controls):
     with wflo_otel.step("orphan") as s:
         with pytest.raises(RuntimeError, match="needs an enclosing wflo_otel.workflow"):
             s.on_rollback(print)
+
+
+def test_an_async_compensation_is_recorded_as_failed_rather_than_silently_skipped(controls):
+    undone = []
+
+    async def cancel_async():
+        undone.append("never")
+
+    with wflo_otel.workflow("booking") as wf:
+        with wflo_otel.step("a") as s:
+            s.on_rollback(cancel_async)
+        with wflo_otel.step("b") as s:
+            s.on_rollback(undone.append, "b")
+        wf.rollback(reason="test")
+    ((status, _, _, details),) = _details(controls, wf.execution_id)
+    assert status == "PARTIAL" and undone == ["b"]
+    assert "is async: rollback runs compensations synchronously" in details["failed"][0]["error"]

@@ -224,7 +224,7 @@ class WorkflowControls:
                 self._compensations.remove(compensation)
                 try:
                     with step(f"compensate {compensation.step}", attributes={ATTR_CONTROL: "compensation"}):
-                        compensation.fn(*compensation.args, **compensation.kwargs)
+                        _call_sync(compensation.fn, compensation.args, compensation.kwargs)
                     ran.append(compensation.describe())
                 except Exception as exc:  # recorded; the other compensations still run
                     failed.append({**compensation.describe(), "error": f"{error_type(exc)}: {exc}"[:1000]})
@@ -303,13 +303,15 @@ class WorkflowControls:
 
     def _controls_started(self, span: trace.Span, scope: Any) -> None:
         """The span and budget scope exist: carry the spend over, wire budget approvals, become current."""
-        self._current_token = _current.set(self)
         if scope is not None and self.on_exceed == "approve":  # type: ignore[attr-defined]
             from .budget_approval import BudgetApprover
 
             scope.approver = BudgetApprover(self)
-        if self._resumed is None:
-            return
+        if self._resumed is not None:
+            self._record_resume(span, scope)
+        self._current_token = _current.set(self)  # last: nothing above may leave it set
+
+    def _record_resume(self, span: trace.Span, scope: Any) -> None:
         if scope is not None:
             scope.spent_usd = self._baseline_usd
         previous = self._restored.trace_id if self._restored is not None else self._resumed.trace_id
@@ -446,6 +448,17 @@ class _Gate:
         if approval.status == STATUS_EXPIRED:
             raise ApprovalExpired(approval)
         raise ApprovalRejected(approval)
+
+
+def _call_sync(fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    """Call a compensation; one that returns a coroutine is an error (it would never run)."""
+    result = fn(*args, **kwargs)
+    if inspect.iscoroutine(result):
+        result.close()
+        raise TypeError(
+            f"compensation {getattr(fn, '__qualname__', fn)!r} is async: rollback runs compensations "
+            "synchronously; register a sync function (e.g. one that calls asyncio.run_coroutine_threadsafe)"
+        )
 
 
 def _check_timeout(timeout_s: float | None) -> None:
