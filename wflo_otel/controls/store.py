@@ -26,6 +26,7 @@ backstop. SQLite has no notification: a waiter polls every ``SQLITE_POLL_S``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import uuid
@@ -50,6 +51,7 @@ from .schema import (
     state_snapshots,
 )
 
+_log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "wflo_approvals"
 SQLITE_POLL_S = 0.1
 PG_BACKSTOP_POLL_S = 2.0
@@ -137,6 +139,8 @@ class ControlStore:
 
         try:
             self._loop.run(dispose(), timeout=10)
+        except Exception as exc:  # a connection the server dropped: nothing left to close cleanly
+            _log.warning("wflo-otel: closing the control store for %s: %s", _safe(self.url), exc)
         finally:
             self._loop.stop()
 
@@ -436,6 +440,10 @@ class ControlStore:
             event.set()
 
 
+def _safe(url: str) -> str:
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
 def _approval_query() -> sa.Select:
     a, e = approval_requests, workflow_executions
     return sa.select(a, e.c.workflow_id.label("workflow")).join(e, e.c.id == a.c.execution_id)
@@ -491,11 +499,15 @@ def _configured_url() -> str:
     return normalize_url(url) if isinstance(url, str) else database_url()
 
 
+# A forked child keeps its parent's stores referenced and never touches them: collecting
+# them would let the driver close (or terminate) connections that are the parent's sessions.
+_inherited: list[ControlStore] = []
+
+
 def _forget_after_fork() -> None:
     """In a forked child: the parent's loop thread and pooled sockets are not ours; start afresh."""
     global _stores_lock
-    for store in _stores.values():
-        store.engine.sync_engine.dispose(close=False)
+    _inherited.extend(_stores.values())
     _stores.clear()
     _stores_lock = threading.Lock()
 
