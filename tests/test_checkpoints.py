@@ -204,7 +204,10 @@ def test_a_forked_child_checkpoints_on_its_own_loop_and_connections(controls):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert controls.rows("SELECT name FROM state_snapshots ORDER BY created_at") == [("before-fork",), ("in-child",)]
+    with wflo_otel.workflow("parent") as wf:  # and the parent's own connections still work
+        wf.checkpoint("after-fork", {"c": 3})
+    names = controls.rows("SELECT name FROM state_snapshots ORDER BY created_at")
+    assert names == [("before-fork",), ("in-child",), ("after-fork",)]
 
 
 CONTROL_TABLES = {"state_snapshots", "rollback_actions", "approval_requests", "execution_resumes"}
