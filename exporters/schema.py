@@ -124,3 +124,7 @@ sa.Index(
     sqlite_where=sa.text(PROBLEM),
 )
 
+
+# The control tables (checkpoints, rollbacks, approvals) live on the same metadata; imported
+# last, as they reference the tables above.
+from wflo_otel.controls import schema as _controls_schema  # noqa: E402,F401

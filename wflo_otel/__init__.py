@@ -13,6 +13,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from .configuration import Handle, configure
+from .controls.errors import (
+    ApprovalConflict,
+    ApprovalExpired,
+    ApprovalNotFound,
+    ApprovalRejected,
+    CheckpointNotFound,
+    ExecutionNotFound,
+)
+from .controls.runtime import checkpoint
 from .errors import BudgetExceededError
 from .workflow import Step, Workflow, execute, step, workflow
 
@@ -20,11 +29,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from .track import track_llm_call
 
 __all__ = [
+    "ApprovalConflict",
+    "ApprovalExpired",
+    "ApprovalNotFound",
+    "ApprovalRejected",
     "BudgetExceededError",
+    "CheckpointNotFound",
+    "ExecutionNotFound",
     "Handle",
     "Step",
     "Workflow",
     "__version__",
+    "checkpoint",
     "configure",
     "execute",
     "step",

@@ -31,6 +31,8 @@ _log = logging.getLogger(__name__)
 
 ON_EXCEED_RAISE = "raise"
 ON_EXCEED_RECORD = "record"
+ON_EXCEED_APPROVE = "approve"  # a refusal asks for an approval to raise the budget (controls/budget_approval.py)
+_APPROVAL_ROUNDS = 3  # budget raises one call may ask for (concurrent calls may take the room first)
 UNKNOWN_MODEL_ALLOW = "allow"
 UNKNOWN_MODEL_REFUSE = "refuse"
 DEFAULT_SCOPE_TTL_S = 6 * 3600.0
@@ -59,6 +61,7 @@ class Scope:
         "unknown_model",
         "enforces",
         "span",
+        "approver",
     )
 
     def __init__(
@@ -85,6 +88,8 @@ class Scope:
         # Whether a call in this scope must be checked before it is sent: a budget to fit,
         # or models without a price to refuse. Scopes that do neither only account.
         self.enforces = budget_usd is not None or unknown_model == UNKNOWN_MODEL_REFUSE
+        # on_exceed="approve": approver(scope, needed_usd) -> USD approved (0: no); it may wait.
+        self.approver = None
 
     @property
     def remaining_usd(self) -> float | None:
@@ -145,15 +150,43 @@ class Ledger:
         with self._lock:
             for scope in chain:
                 if unknown and scope.unknown_model == UNKNOWN_MODEL_REFUSE:
-                    raise _refusal(scope, None)
+                    break
                 budget = scope.budget_usd
                 if budget is None:
                     continue
                 if scope.spent_usd + scope.reserved_usd + amount > budget + _EPSILON or scope.spent_usd >= budget:
+                    break
+            else:
+                for scope in chain:
+                    scope.reserved_usd += amount
+                return Reservation(chain, amount)
+        return self._reserve_refused(chain, amount, unknown)
+
+    def _reserve_refused(self, chain: Chain, amount: float, unknown: bool) -> Reservation:
+        """A scope refuses: raise, unless its approver (``on_exceed="approve"``) raises its budget.
+
+        The approver runs outside the lock (it may wait for a person); the check runs again
+        after each raise, as a concurrent call may have taken the room meanwhile.
+        """
+        for _ in range(_APPROVAL_ROUNDS + 1):
+            with self._lock:
+                refusing = _refusing(chain, amount, unknown)
+                if refusing is None:
+                    for scope in chain:
+                        scope.reserved_usd += amount
+                    return Reservation(chain, amount)
+                scope, unpriced = refusing
+                approver = scope.approver if not unpriced else None
+                if approver is None:
+                    raise _refusal(scope, None if unpriced else amount)
+                needed = max(scope.spent_usd + scope.reserved_usd + amount - scope.budget_usd, _EPSILON)
+            approved = approver(scope, needed)
+            with self._lock:
+                if not approved:
                     raise _refusal(scope, amount)
-            for scope in chain:
-                scope.reserved_usd += amount
-        return Reservation(chain, amount)
+                scope.budget_usd += approved
+        with self._lock:
+            raise _refusal(scope, amount)
 
     def settle(self, reservation: Reservation, actual_usd: float) -> Scope | None:
         """Replace the reservation by the actual cost.
@@ -173,7 +206,7 @@ class Ledger:
                     if not scope.overran:
                         scope.overran = True
                         scope._mark_exceeded()
-                    if scope.on_exceed == ON_EXCEED_RAISE:
+                    if scope.on_exceed != ON_EXCEED_RECORD:
                         over = scope
         return over
 
@@ -188,6 +221,19 @@ class Ledger:
     def charge(self, chain: Chain, amount: float) -> None:
         """Add the cost of a call that was not reserved (spans of other instrumentations)."""
         self.settle(Reservation(chain, 0.0), amount)
+
+
+def _refusing(chain: Chain, amount: float, unknown: bool) -> tuple[Scope, bool] | None:
+    """The first scope of ``chain`` that refuses the call, and whether for an unknown price."""
+    for scope in chain:
+        if unknown and scope.unknown_model == UNKNOWN_MODEL_REFUSE:
+            return scope, True
+        budget = scope.budget_usd
+        if budget is None:
+            continue
+        if scope.spent_usd + scope.reserved_usd + amount > budget + _EPSILON or scope.spent_usd >= budget:
+            return scope, False
+    return None
 
 
 def _refusal(scope: Scope, requested_usd: float | None) -> BudgetExceededError:
@@ -430,7 +476,7 @@ def _as_budget(value) -> float | None:
     return budget if budget >= 0 else None
 
 
-_ON_EXCEED = (ON_EXCEED_RAISE, ON_EXCEED_RECORD)
+_ON_EXCEED = (ON_EXCEED_RAISE, ON_EXCEED_RECORD, ON_EXCEED_APPROVE)
 _UNKNOWN_MODEL = (UNKNOWN_MODEL_ALLOW, UNKNOWN_MODEL_REFUSE)
 
 

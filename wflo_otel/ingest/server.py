@@ -21,7 +21,9 @@ Collector's ``otlphttp`` exporter — or any SDK's OTLP/HTTP exporter — can fe
   their bound, ``503`` to a connection past the connection cap (``limits.py``;
   docs/ingest-limits.md);
 * ``GET /health``: ``200`` when the database takes writes, else ``503``; it reports
-  the bounds' current use.
+  the bounds' current use;
+* ``/v1/approvals``: list and decide approval requests (``approvals_api``), behind
+  the same token.
 
 Built on aiohttp. One writer task per process coalesces concurrent requests into
 larger transactions (``writer.BatchWriter``). The service never logs span
@@ -50,6 +52,7 @@ from ..exporters import otlp
 from ..exporters.store import DEFAULT_DATABASE_URL, SpanStore
 from ..settings import ENV_DATABASE_URL
 from ..settings import database_url as resolve_database_url
+from .approvals_api import ApprovalRoutes
 from .limits import (
     BudgetFull,
     ByteBudget,
@@ -166,6 +169,7 @@ class IngestService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self.requests = 0
+        self._approvals: ApprovalRoutes | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -200,6 +204,8 @@ class IngestService:
         app = web.Application(middlewares=[_track_requests])
         app.router.add_post("/v1/traces", self._traces)
         app.router.add_get("/health", self._health)
+        self._approvals = ApprovalRoutes(self.database_url, self._token_ok)
+        self._approvals.add_to(app)
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -252,6 +258,9 @@ class IngestService:
             await self.writer.close()
         if self.store is not None:
             await self.store.dispose()
+        if self._approvals is not None:
+            self._approvals.close()
+            self._approvals = None
 
     async def serve_until(self, stop: asyncio.Event) -> None:
         await self.start()
@@ -399,6 +408,10 @@ class IngestService:
             body=otlp.encode_response(rejected, message_text, as_json=as_json),
             content_type="application/json" if as_json else "application/x-protobuf",
         )
+
+    def _token_ok(self, request: web.Request) -> bool:
+        """The bearer token check of every route but /health (true when the service has no token)."""
+        return self.token is None or self._authorized(request)
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
