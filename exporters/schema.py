@@ -124,3 +124,46 @@ sa.Index(
     sqlite_where=sa.text(PROBLEM),
 )
 
+
+# Spend limits (wflo_otel.limits_store writes them; migration 0004_spend_limits).
+spend_limit_periods = sa.Table(
+    "spend_limit_periods",
+    metadata,
+    sa.Column("limit_name", sa.String(255), primary_key=True),
+    sa.Column("limit_key", sa.String(255), primary_key=True),
+    sa.Column("period_start", Timestamp, primary_key=True),
+    sa.Column("period_end", Timestamp, nullable=False),
+    sa.Column("per", sa.String(16), nullable=False),
+    sa.Column("limit_usd", sa.Double, nullable=False),
+    sa.Column("spent_usd", sa.Double, nullable=False, server_default=sa.text("0")),
+    sa.Column("leased_usd", sa.Double, nullable=False, server_default=sa.text("0")),
+    sa.Index("ix_spend_limit_periods_period_end", "period_end"),
+)
+
+spend_limit_leases = sa.Table(
+    "spend_limit_leases",
+    metadata,
+    sa.Column("limit_name", sa.String(255), primary_key=True),
+    sa.Column("limit_key", sa.String(255), primary_key=True),
+    sa.Column("period_start", Timestamp, primary_key=True),
+    sa.Column("holder", sa.String(64), primary_key=True),
+    sa.Column("amount_usd", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.ForeignKeyConstraint(
+        ["limit_name", "limit_key", "period_start"],
+        ["spend_limit_periods.limit_name", "spend_limit_periods.limit_key", "spend_limit_periods.period_start"],
+        name="fk_spend_limit_leases_period",
+        ondelete="CASCADE",
+    ),
+)
+
+spend_limit_alerts = sa.Table(
+    "spend_limit_alerts",
+    metadata,
+    sa.Column("limit_name", sa.String(255), primary_key=True),
+    sa.Column("limit_key", sa.String(255), primary_key=True),
+    sa.Column("period_start", Timestamp, primary_key=True),
+    sa.Column("threshold", sa.Double, primary_key=True),
+    sa.Column("spent_usd", sa.Double, nullable=False),
+    sa.Column("fired_at", Timestamp, nullable=False),
+)

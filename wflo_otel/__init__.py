@@ -13,15 +13,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from .configuration import Handle, configure
+from .alerts import Alerts
 from .errors import BudgetExceededError
+from .limits import SpendLimit
 from .workflow import Step, Workflow, execute, step, workflow
 
 if TYPE_CHECKING:  # pragma: no cover
     from .track import track_llm_call
 
 __all__ = [
+    "Alerts",
     "BudgetExceededError",
     "Handle",
+    "SpendLimit",
     "Step",
     "Workflow",
     "__version__",

@@ -62,7 +62,27 @@ def _env_or_none(read, name: str):
 
 def new_budget_processor() -> _budget.BudgetSpanProcessor:
     """A budget processor configured from the environment (``WFLO_DEFAULT_BUDGET_USD``)."""
-    return _budget.BudgetSpanProcessor(default_budget_usd=_env_or_none(env_float, ENV_DEFAULT_BUDGET), pricebook=pricebook())
+    processor = _budget.BudgetSpanProcessor(default_budget_usd=_env_or_none(env_float, ENV_DEFAULT_BUDGET), pricebook=pricebook())
+    processor.limits = env_limits()
+    return processor
+
+
+def env_limits():
+    """The spend limits of ``$WFLO_LIMITS_FILE`` (None without one).
+
+    A file that is wrong must not leave the run without its limits: the error is logged
+    and the run gets a limit of $0 that refuses every LLM call (fail closed), as a limit
+    whose database is down does.
+    """
+    from .limits import LimitEngine, SpendLimit
+    from .limits_config import build_engine, resolve
+
+    try:
+        limits, alerts = resolve(None, None)
+        return build_engine(limits, alerts, None) if limits else None
+    except ValueError as exc:
+        _log.error("wflo-otel: %s; every LLM call is refused until the limits file is fixed", exc)
+        return LimitEngine([SpendLimit("invalid-limits-file", 0.0, "run")])
 
 
 def install_first(provider: TracerProvider, processor: SpanProcessor) -> None:

@@ -150,6 +150,7 @@ class Workflow(_SpanBlock):
         on_exceed: str = ON_EXCEED_RAISE,
         unknown_model: str = UNKNOWN_MODEL_ALLOW,
         description: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not name or not isinstance(name, str):
@@ -168,6 +169,7 @@ class Workflow(_SpanBlock):
         self.on_exceed = on_exceed
         self.unknown_model = unknown_model
         self.description = description
+        self.attributes = _workflow_attributes(attributes)
         self.execution_id: str | None = None
         self.correlation_id: str | None = None
         self._scope: Scope | None = None
@@ -195,6 +197,7 @@ class Workflow(_SpanBlock):
             on_exceed=self.on_exceed,
             unknown_model=self.unknown_model,
             description=self.description,
+            attributes=self.attributes,
         )
 
     def _start(self) -> Span:
@@ -209,6 +212,8 @@ class Workflow(_SpanBlock):
             A.WFLO_BUDGET_UNKNOWN_MODEL: self.unknown_model,
             A.WFLO_STEP_KIND: "workflow",
         }
+        for key, value in self.attributes.items():
+            attributes.setdefault(key, value)
         if self.budget_usd is not None:
             attributes[A.WFLO_BUDGET_USD] = self.budget_usd
         inputs = _inputs_json(self.inputs)
@@ -234,6 +239,8 @@ class Workflow(_SpanBlock):
             return
         span_id = span.get_span_context().span_id
         self._scope = processor.scope_of(span_id)
+        if self._scope is not None and self.attributes:
+            self._scope.attributes = {**self._scope.attributes, **self.attributes}
         chain = processor.chain_of(span_id)
         if chain:
             # Nested inside another workflow: the execution is the outer one.
@@ -262,12 +269,15 @@ def workflow(
     on_exceed: str = ON_EXCEED_RAISE,
     unknown_model: str = UNKNOWN_MODEL_ALLOW,
     description: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
 ) -> Workflow:
     """Open a workflow execution (``with``/``async with``) or decorate a function (sync or async).
 
     ``budget_usd`` caps what LLM calls inside may spend (see DESIGN.md, budget semantics);
     ``on_exceed="record"`` never raises after a call, but still refuses calls that cannot fit;
     ``unknown_model="refuse"`` refuses calls to models without a known price.
+    ``attributes`` (``{"tenant.id": "acme"}``) are set on the workflow span and apply to
+    every call under it, here and downstream (baggage): spend limits match calls by them.
     """
     return Workflow(
         name,
@@ -278,7 +288,22 @@ def workflow(
         on_exceed=on_exceed,
         unknown_model=unknown_model,
         description=description,
+        attributes=attributes,
     )
+
+
+def _workflow_attributes(attributes: Mapping[str, Any] | None) -> dict[str, str | int | float | bool]:
+    """Span attribute values only, checked when the workflow is declared (not at its first call)."""
+    if not attributes:
+        return {}
+    checked = {}
+    for key, value in attributes.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"workflow attribute names must be non-empty strings, got {key!r}")
+        if not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f"workflow attribute {key!r} must be a string, number or bool, got {type(value).__name__}")
+        checked[key] = value
+    return checked
 
 
 class Step(_SpanBlock):
