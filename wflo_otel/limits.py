@@ -436,10 +436,10 @@ class LimitEngine:
         if self._heartbeat_stop is not None:
             self._heartbeat_stop.set()
         self.sync_all(final=True)
+        if self.alerts is not None:
+            self.alerts.close()  # before the store: the last alerts are recorded there
         if self.store is not None:
             self.store.close()
-        if self.alerts is not None:
-            self.alerts.close()
 
 
 class _Lookup:

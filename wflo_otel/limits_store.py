@@ -62,7 +62,7 @@ class LeaseStore:
         self._store = SpanStore(url, pool_size=2, max_overflow=2, connect_timeout_s=timeout_s)
         self.sqlite = self._store.dialect == "sqlite"
         self._loop = LoopThread("wflo-otel-limits")
-        self._auto_migrate = auto_migrate
+        self.auto_migrate = auto_migrate
         self._migrated = False
         self._migrate_lock = threading.Lock()
         self.round_trips = 0
@@ -98,7 +98,7 @@ class LeaseStore:
                 bucket.granted += reported + returned
             raise
         with lock:
-            bucket.granted = lease + bucket.unreported  # the database's lease, plus what was spent meanwhile
+            bucket.granted = lease  # the database's word (spend settled meanwhile is still inside it, unreported)
             bucket.db_spent = spent
             bucket.last_sync = now
 
@@ -161,16 +161,18 @@ class LeaseStore:
     def _run(self, coro):
         try:
             self._ensure_migrated()
+        except Exception as exc:
+            coro.close()  # never started: closing it keeps "never awaited" warnings away
+            raise StoreUnavailable(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        try:
             return self._loop.run(coro, self.timeout_s)
         except (concurrent.futures.TimeoutError, TimeoutError) as exc:
             raise StoreUnavailable(f"no answer within {self.timeout_s:g} s") from exc
         except Exception as exc:  # down, refusing, or broken: the limit cannot be checked
             raise StoreUnavailable(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-        finally:
-            coro.close()  # a coroutine never started (migration failed) must not warn
 
     def _ensure_migrated(self) -> None:
-        if self._migrated or not self._auto_migrate:
+        if self._migrated or not self.auto_migrate:
             return
         with self._migrate_lock:
             if not self._migrated:
