@@ -301,3 +301,24 @@ def test_an_unreachable_database_fails_closed_unless_the_limit_allows(configured
         assert max_output_server.request_count == sent + 1
     call = [s for s in spans.get_finished_spans() if s.name.startswith("chat")][-1]
     assert call.attributes["wflo.limit.unavailable"] == "everything"
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+
+
+def test_cli_shows_current_periods_per_key_and_resets_one(tmp_path, capsys):
+    from wflo_otel.cli import main
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+    engine = LimitEngine([SpendLimit("per-customer", usd=1.0, per="day", key="tenant.id")], store=LeaseStore(url))
+    for tenant, usd in (("acme", 0.4), ("globex", 0.1)):
+        engine.reserve(engine.match({"tenant.id": tenant}, ()), usd).settle(usd)
+    engine.close()
+    assert main(["--database-url", url, "limits"]) == 0
+    out = capsys.readouterr().out
+    assert "resets_at" in out and "acme" in out and "0.400000" in out and "0.600000" in out and "globex" in out
+    assert main(["--database-url", url, "limits", "reset", "per-customer", "--key", "acme"]) == 0
+    _, rows = asyncio.run(fetch(url, "SELECT limit_key, spent_usd FROM spend_limit_periods ORDER BY limit_key"))
+    assert rows == [("acme", 0.0), ("globex", 0.1)]
+    assert main(["--database-url", url, "limits", "reset", "no-such-limit"]) == 1
+    assert "no current period of limit 'no-such-limit'" in capsys.readouterr().err

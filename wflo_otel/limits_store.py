@@ -152,11 +152,7 @@ class LeaseStore:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _ts(self, value: datetime) -> Any:
-        if self.sqlite:
-            from .exporters.store import _sqlite_timestamp
-
-            return _sqlite_timestamp(value.astimezone(timezone.utc))
-        return value
+        return timestamp_param(value, self.sqlite)
 
     def _run(self, coro):
         try:
@@ -185,6 +181,15 @@ class LeaseStore:
         except Exception:
             _log.debug("wflo-otel: limits store dispose failed", exc_info=True)
         self._loop.stop()
+
+
+def timestamp_param(value: datetime, sqlite: bool) -> Any:
+    """A UTC datetime as the driver compares it with the timestamp columns (SQLite: SQLAlchemy's text)."""
+    if sqlite:
+        from .exporters.store import _sqlite_timestamp
+
+        return _sqlite_timestamp(value.astimezone(timezone.utc))
+    return value
 
 
 class _NoLock:
