@@ -322,3 +322,37 @@ def test_cli_shows_current_periods_per_key_and_resets_one(tmp_path, capsys):
     assert rows == [("acme", 0.0), ("globex", 0.1)]
     assert main(["--database-url", url, "limits", "reset", "no-such-limit"]) == 1
     assert "no current period of limit 'no-such-limit'" in capsys.readouterr().err
+
+
+def test_metrics_report_spent_remaining_and_refusals_per_limit_name_only(tmp_path, max_client):
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    handle = wflo_otel.configure(
+        f"sqlite+aiosqlite:///{tmp_path}/m.db", tracer_provider=TracerProvider(), exporter=False,
+        meter_provider=MeterProvider(metric_readers=[reader]), default_service_tier="default",
+        limits=[SpendLimit("per-customer", usd=CALL_OUTPUT_USD * 1.5, per="day", key="tenant.id")],
+        alerts=wflo_otel.Alerts(at=(0.5,)),
+    )
+    try:
+        for tenant in ("acme", "globex"):
+            with wflo_otel.workflow("w", attributes={"tenant.id": tenant}):
+                _ask(max_client)
+        with wflo_otel.workflow("w", attributes={"tenant.id": "acme"}), pytest.raises(wflo_otel.BudgetExceededError):
+            _ask(max_client)
+        handle.budget_processor.limits.alerts.flush()
+        points = {}
+        for rm in reader.get_metrics_data().resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if metric.name.startswith("wflo.limit."):
+                        points[metric.name] = [(dict(p.attributes), p.value) for p in metric.data.data_points]
+    finally:
+        handle.shutdown()
+    assert points["wflo.limit.refusals"] == [({"wflo.limit.name": "per-customer"}, 1)]
+    (labels, spent), = points["wflo.limit.spent_usd"]
+    assert labels == {"wflo.limit.name": "per-customer"} and spent == pytest.approx(CALL_OUTPUT_USD, rel=0.05)
+    (_, remaining), = points["wflo.limit.remaining_usd"]
+    assert remaining == pytest.approx(CALL_OUTPUT_USD * 0.5, rel=0.1)
+    assert points["wflo.limit.alerts"] == [({"wflo.limit.name": "per-customer", "wflo.limit.threshold": 0.5}, 2)]  # acme, globex

@@ -163,6 +163,10 @@ def payload(bucket: Any, threshold: float, spent: float) -> dict:
         "threshold": threshold,
         "text": (
             f"wflo-otel: spend limit {limit.name!r}{key} crossed {threshold:.0%}: "
-            f"${spent:.2f} of ${limit.usd:.2f} spent this {limit.per}, ${remaining:.2f} left"
+            f"{_usd(spent)} of {_usd(limit.usd)} spent this {limit.per}, {_usd(remaining)} left"
         ),
     }
+
+
+def _usd(amount: float) -> str:
+    return f"${amount:,.2f}" if amount >= 10 else f"${amount:.4g}"

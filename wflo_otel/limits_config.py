@@ -17,6 +17,7 @@ The file (YAML; JSON is YAML too)::
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -123,6 +124,7 @@ def build_engine(
     if alerts is not None:
         alerts.store = store
     engine = LimitEngine(limits, store=store, alerts=alerts)
+    atexit.register(engine.close)  # a process that never calls shutdown() still reports and returns its leases
     start_heartbeat(engine, interval_s=min(5.0, (store.ttl_s / 3) if store else 5.0))
     register_metrics(engine, meter_provider)
     return engine
@@ -157,8 +159,9 @@ _global_slot: list = [None]
 
 
 def register_metrics(engine: LimitEngine, meter_provider: Any = None) -> None:
-    """``wflo.limit.spent_usd`` / ``wflo.limit.remaining_usd`` (gauges) and ``wflo.limit.refusals``
-    (counter), labelled by the limit's name only (keys are unbounded). Instruments are made once
+    """``wflo.limit.spent_usd`` / ``wflo.limit.remaining_usd`` (gauges), ``wflo.limit.refusals`` and
+    ``wflo.limit.alerts`` (counters), labelled by the limit's name (and threshold) only: keys are
+    unbounded. Instruments are made once
     per meter provider; they read whichever engine is current."""
     from opentelemetry import metrics
 
@@ -201,6 +204,15 @@ def register_metrics(engine: LimitEngine, meter_provider: Any = None) -> None:
     meter.create_observable_gauge("wflo.limit.spent_usd", [spent], unit="USD", description="Spent in the current period (largest key)")
     meter.create_observable_gauge("wflo.limit.remaining_usd", [remaining], unit="USD", description="Left in the current period (smallest key)")
     meter.create_observable_counter("wflo.limit.refusals", [refusals], unit="{call}", description="Calls refused by a spend limit")
+
+    def alerts(_options):
+        from opentelemetry.metrics import Observation
+
+        current = slot[0]
+        fired = current.alerts.fired if current and current.alerts is not None else {}
+        return [Observation(n, {"wflo.limit.name": name, "wflo.limit.threshold": t}) for (name, t), n in fired.items()]
+
+    meter.create_observable_counter("wflo.limit.alerts", [alerts], unit="{alert}", description="Threshold alerts this process delivered")
 
 
 def _per_limit(engine: LimitEngine, what: str) -> list[tuple[str, float]]:
