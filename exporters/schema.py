@@ -126,12 +126,21 @@ sa.Index(
 
 
 # Spend limits (wflo_otel.limits_store writes them; migration 0004_spend_limits).
+
+
+def _period_key() -> list[sa.Column]:
+    """(limit, key, period start): what identifies a limit's period in all three tables."""
+    return [
+        sa.Column("limit_name", sa.String(255), primary_key=True),
+        sa.Column("limit_key", sa.String(255), primary_key=True),
+        sa.Column("period_start", Timestamp, primary_key=True),
+    ]
+
+
 spend_limit_periods = sa.Table(
     "spend_limit_periods",
     metadata,
-    sa.Column("limit_name", sa.String(255), primary_key=True),
-    sa.Column("limit_key", sa.String(255), primary_key=True),
-    sa.Column("period_start", Timestamp, primary_key=True),
+    *_period_key(),
     sa.Column("period_end", Timestamp, nullable=False),
     sa.Column("per", sa.String(16), nullable=False),
     sa.Column("limit_usd", sa.Double, nullable=False),
@@ -143,9 +152,7 @@ spend_limit_periods = sa.Table(
 spend_limit_leases = sa.Table(
     "spend_limit_leases",
     metadata,
-    sa.Column("limit_name", sa.String(255), primary_key=True),
-    sa.Column("limit_key", sa.String(255), primary_key=True),
-    sa.Column("period_start", Timestamp, primary_key=True),
+    *_period_key(),
     sa.Column("holder", sa.String(64), primary_key=True),
     sa.Column("amount_usd", sa.Double, nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),
@@ -160,9 +167,7 @@ spend_limit_leases = sa.Table(
 spend_limit_alerts = sa.Table(
     "spend_limit_alerts",
     metadata,
-    sa.Column("limit_name", sa.String(255), primary_key=True),
-    sa.Column("limit_key", sa.String(255), primary_key=True),
-    sa.Column("period_start", Timestamp, primary_key=True),
+    *_period_key(),
     sa.Column("threshold", sa.Double, primary_key=True),
     sa.Column("spent_usd", sa.Double, nullable=False),
     sa.Column("fired_at", Timestamp, nullable=False),
