@@ -356,3 +356,31 @@ def test_metrics_report_spent_remaining_and_refusals_per_limit_name_only(tmp_pat
     (_, remaining), = points["wflo.limit.remaining_usd"]
     assert remaining == pytest.approx(CALL_OUTPUT_USD * 0.5, rel=0.1)
     assert points["wflo.limit.alerts"] == [({"wflo.limit.name": "per-customer", "wflo.limit.threshold": 0.5}, 2)]  # acme, globex
+
+
+def test_a_limit_refusal_releases_the_budget_and_a_failed_call_releases_the_limit(configured, max_client):
+    import openai
+
+    handle, _ = configured([SpendLimit("everything", usd=CALL_OUTPUT_USD * 1.5, per="day")])
+    engine = handle.budget_processor.limits
+    with wflo_otel.workflow("w", budget_usd=1.0) as wf:
+        _ask(max_client)
+        with pytest.raises(wflo_otel.BudgetExceededError) as refused:
+            _ask(max_client)
+        assert refused.value.limit == "everything"
+        assert wf._scope.reserved_usd == 0.0  # the budget's hold went with the refusal
+        unreachable = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0)
+        spent_before = engine.buckets()[0].spent
+        with pytest.raises(openai.APIConnectionError):
+            unreachable.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=10)
+    (bucket,) = engine.buckets()
+    assert bucket.reserved == pytest.approx(0.0, abs=1e-15) and bucket.spent == spent_before  # released, not charged
+
+
+def test_alerts_never_show_their_secret_or_webhook():
+    alerts = wflo_otel.Alerts(webhook="https://hooks.slack.com/services/T0/B0/XYZ", secret="s3cret")
+    assert "s3cret" not in repr(alerts) and "XYZ" not in repr(alerts)
+    with pytest.raises(ValueError, match="positive fractions"):
+        wflo_otel.Alerts(at=(0.5, -1))
+    with pytest.raises(ValueError, match="http"):
+        wflo_otel.Alerts(webhook="ftp://x")

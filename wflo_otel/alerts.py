@@ -44,8 +44,8 @@ class Alerts:
     fractions of a limit that fire, each once per period and key.
     """
 
-    webhook: str | None = None
-    secret: str | None = None
+    webhook: str | None = field(default=None, repr=False)  # a Slack hook URL is itself a secret
+    secret: str | None = field(default=None, repr=False)
     at: Sequence[float] = (0.5, 0.8, 1.0)
     timeout_s: float = 5.0
     retries: int = 3
