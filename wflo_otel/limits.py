@@ -416,6 +416,11 @@ class LimitEngine:
                 continue
             ended = bucket.end.timestamp() <= now
             give_back = final or ended
+            if bucket.unreported <= _EPSILON and bucket.granted <= _EPSILON and bucket.reserved <= _EPSILON:
+                if ended:  # nothing to report or return: forget it
+                    with self._lock:
+                        self._buckets.pop((bucket.limit.name, bucket.key, bucket.start), None)
+                continue  # holds nothing: no transaction (a thousand idle tenants cost nothing)
             try:
                 with bucket.lease_lock:
                     self.store.sync(bucket, want=0.0, need=0.0, give_back=give_back, now=now, lock=self._lock)
