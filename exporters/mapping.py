@@ -119,7 +119,9 @@ def _map_one(record: SpanRecord, batch: RowBatch, pricebook) -> None:
 def _workflow_name(record: SpanRecord, is_root: bool, service_name: Any) -> str:
     attrs = record.attributes
     if is_root:
-        name = attrs.get(A.GEN_AI_WORKFLOW_NAME) or attrs.get(A.WFLO_WORKFLOW_NAME) or record.name
+        name = attrs.get(A.GEN_AI_WORKFLOW_NAME) or attrs.get(A.WFLO_WORKFLOW_NAME)
+        if not name:  # a call with no parent span is an execution of its service, as the budget processor names it
+            name = (is_llm_call(attrs) and service_name) or record.name
     else:
         name = attrs.get(A.WFLO_WORKFLOW_NAME) or service_name or "unknown"
     if name.__class__ is not str:

@@ -99,16 +99,34 @@ def test_a_bad_limits_file_fails_configure_naming_the_file(tmp_path, monkeypatch
     assert current_handle() is None  # nothing was set up
 
 
-def test_a_bad_limits_file_in_a_zero_code_run_refuses_every_call(tmp_path, monkeypatch):
-    from wflo_otel.distro import env_limits
+def test_a_bad_limits_file_stops_a_zero_code_run_before_the_application_starts(tmp_path):
+    import subprocess
+    import sys
 
     path = tmp_path / "limits.yaml"
-    path.write_text("limits: nope")
+    path.write_text("limits:\n  - {name: a, usd: 5, per: fortnight}\n")
+    env = {**__import__("os").environ, "WFLO_LIMITS_FILE": str(path)}
+    run = subprocess.run(
+        [sys.executable, "-c", "from wflo_otel.distro import settings; settings(); print('application ran')"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert run.returncode == 2 and "application ran" not in run.stdout
+    assert str(path) in run.stderr and "per must be one of" in run.stderr
+
+
+def test_a_zero_code_run_gets_the_limits_file_s_limits(tmp_path, monkeypatch):
+    from wflo_otel import distro
+
+    path = tmp_path / "limits.yaml"
+    path.write_text("limits:\n  - {name: script, usd: 0.5, per: run}\n")
     monkeypatch.setenv("WFLO_LIMITS_FILE", str(path))
-    engine = env_limits()
-    with pytest.raises(wflo_otel.BudgetExceededError) as refused:
-        engine.reserve(engine.match({}, ()), 0.0001)
-    assert refused.value.limit == "invalid-limits-file"
+    monkeypatch.setattr(distro, "_settings", None)
+    processor = distro.new_budget_processor()
+    try:
+        assert [limit.name for limit in processor.limits.limits] == ["script"]
+    finally:
+        processor.limits.close()
+        monkeypatch.setattr(distro, "_settings", None)
 
 
 def test_limits_file_with_alerts_is_read(tmp_path, monkeypatch):

@@ -403,7 +403,7 @@ class BudgetSpanProcessor(SpanProcessor):
         if not execution_id:
             # A plain root span: the trace is the execution (as the ingest service sees it).
             execution_id = format(span.context.trace_id, "032x") if span.parent is None else uuid.uuid4().hex
-        name = attrs.get(A.GEN_AI_WORKFLOW_NAME) or span.name
+        name = attrs.get(A.GEN_AI_WORKFLOW_NAME) or (is_llm_call(attrs) and _service_name(span)) or span.name
         if budget is None:
             budget = self.default_budget_usd
             if budget is not None:
@@ -436,6 +436,17 @@ class BudgetSpanProcessor(SpanProcessor):
         )
         if cost.usd:
             self.ledger.charge(chain, cost.usd)
+
+
+def _service_name(span: Span) -> str | None:
+    """What a call with no parent span is an execution of: the service that made it.
+
+    Named after the call (``chat gpt-4o-mini``), every model would be a workflow of
+    its own and a zero-code run's executions would not read as the program's.
+    """
+    resource = getattr(span, "resource", None)
+    name = resource.attributes.get("service.name") if resource is not None else None
+    return name if isinstance(name, str) and name else None
 
 
 def _as_budget(value) -> float | None:

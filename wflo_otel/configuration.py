@@ -29,6 +29,7 @@ from .budget import (
     set_active_processor,
 )
 from .pricing import PriceBook
+from .sampling import keep_budgets_when_sampled_out
 from .settings import ENV_DEFAULT_BUDGET, ENV_DEFAULT_OUTPUT_TOKENS, env_float, env_int, pricebook_for
 
 _log = logging.getLogger(__name__)
@@ -158,6 +159,8 @@ def configure(
     ``batch=False`` exports each span as it ends (handy in scripts and tests).
     ``propagate_budget`` installs the W3C baggage propagator that carries the budget
     scope to downstream services (unless ``OTEL_PROPAGATORS`` is set).
+    The provider's sampler is wrapped so a trace it drops is still recorded, and so
+    budgeted, though not exported (``wflo_otel.sampling``).
     ``default_service_tier`` (or ``$WFLO_DEFAULT_SERVICE_TIER``): the tier OpenAI serves
     your project's requests that name none, so their reservation is at its prices
     instead of the model's most expensive tier's.
@@ -204,6 +207,7 @@ def configure(
         if limits:
             budget.limits = build_engine(limits, alerts, database_url, meter_provider=meter_provider)
         provider = _provider(tracer_provider, service_name)
+        keep_budgets_when_sampled_out(provider)  # a trace the sampler drops is still budgeted
         span_exporter = _exporter(exporter, database_url, pricebook)
         span_processor = None
         if span_exporter is not None:
