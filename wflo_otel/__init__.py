@@ -22,7 +22,9 @@ from .controls.errors import (
     ExecutionNotFound,
 )
 from .controls.runtime import checkpoint
+from .alerts import Alerts
 from .errors import BudgetExceededError
+from .limits import SpendLimit
 from .workflow import Step, Workflow, execute, step, workflow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,10 +35,12 @@ __all__ = [
     "ApprovalExpired",
     "ApprovalNotFound",
     "ApprovalRejected",
+    "Alerts",
     "BudgetExceededError",
     "CheckpointNotFound",
     "ExecutionNotFound",
     "Handle",
+    "SpendLimit",
     "Step",
     "Workflow",
     "__version__",

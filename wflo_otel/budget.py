@@ -62,6 +62,7 @@ class Scope:
         "enforces",
         "span",
         "approver",
+        "attributes",
     )
 
     def __init__(
@@ -85,6 +86,9 @@ class Scope:
         self.reserved_usd = 0.0
         self.overran = False
         self.refusals = 0
+        # What spend limits match calls by: workflow(..., attributes=) and a root span's
+        # attributes, inherited by nested scopes and carried downstream in baggage.
+        self.attributes: dict = _NO_ATTRIBUTES
         # Whether a call in this scope must be checked before it is sent: a budget to fit,
         # or models without a price to refuse. Scopes that do neither only account.
         self.enforces = budget_usd is not None or unknown_model == UNKNOWN_MODEL_REFUSE
@@ -118,17 +122,19 @@ class Scope:
 
 
 Chain = tuple  # tuple[Scope, ...], outermost (the execution) first
+_NO_ATTRIBUTES: dict = {}
 
 
 class Reservation:
-    """Money held on every scope of a chain for one in-flight call."""
+    """Money held on every scope of a chain (and ``holds``: on spend limits) for one in-flight call."""
 
-    __slots__ = ("chain", "amount", "open")
+    __slots__ = ("chain", "amount", "open", "holds")
 
     def __init__(self, chain: Chain, amount: float) -> None:
         self.chain = chain
         self.amount = amount
         self.open = True
+        self.holds = None  # limits.Holds when spend limits matched the call
 
 
 class Ledger:
@@ -208,6 +214,8 @@ class Ledger:
                         scope._mark_exceeded()
                     if scope.on_exceed != ON_EXCEED_RECORD:
                         over = scope
+        if reservation.holds is not None:
+            reservation.holds.settle(actual_usd)
         return over
 
     def release(self, reservation: Reservation) -> None:
@@ -217,6 +225,8 @@ class Ledger:
                 reservation.open = False
                 for scope in reservation.chain:
                     scope.reserved_usd -= reservation.amount
+        if reservation.holds is not None:
+            reservation.holds.release()
 
     def charge(self, chain: Chain, amount: float) -> None:
         """Add the cost of a call that was not reserved (spans of other instrumentations)."""
@@ -289,6 +299,7 @@ class BudgetSpanProcessor(SpanProcessor):
         self._pricebook = pricebook
         # span id -> (chain, monotonic start); insertion order is start order (eviction scans the front)
         self._chains: dict[int, tuple[Chain, float]] = {}
+        self.limits = None  # limits.LimitEngine when spend limits are configured
         self._starts = 0
         self._evict_lock = threading.Lock()
 
@@ -373,12 +384,34 @@ class BudgetSpanProcessor(SpanProcessor):
                 chain = (joined, self._nested_scope(span, attrs, budget, (joined,)))
             else:
                 chain = (joined,)
+        if opens_scope or parent_entry is None:
+            self._scope_attributes(chain, attrs, parent_context, fresh=parent_entry is None)
         execution = chain[0]
         span.set_attributes({A.WFLO_EXECUTION_ID: execution.execution_id, A.WFLO_WORKFLOW_NAME: execution.name})
         self._chains[span_id] = (chain, time.monotonic())
         self._starts += 1
         if self._starts % _EVICT_EVERY == 0:
             self.evict_expired()
+
+    def _scope_attributes(self, chain: Chain, attrs, parent_context: Context | None, fresh: bool) -> None:
+        """Give a new scope what spend limits match by: its parent's attributes, the baggage an
+        upstream service sent (``fresh``: every scope of the chain is new), and its span's
+        attributes the limits read. Only when limits are configured; a scope then costs one small dict."""
+        limits = self.limits
+        if limits is None:
+            return
+        inherited = dict(chain[-2].attributes) if len(chain) > 1 else {}
+        if fresh:
+            for name, value in baggage.get_all(parent_context).items():
+                if not name.startswith("wflo."):
+                    inherited[name] = value
+        for name in limits.attribute_names:
+            value = attrs.get(name)
+            if value is not None:
+                inherited[name] = value
+        if inherited:
+            for scope in chain if fresh else chain[-1:]:
+                scope.attributes = inherited
 
     def _nested_scope(self, span: Span, attrs, budget: float | None, parent_chain: Chain) -> Scope:
         inner = parent_chain[-1]

@@ -520,7 +520,13 @@ def register_controls(commands: Commands) -> None:
 
 
 # One registration function per command group, in the order --help lists them.
-COMMAND_GROUPS = [register_db, register_report, register_spool, register_serve, register_controls, register_demo]
+def register_limits(commands: Commands) -> None:
+    from .limits_cli import register_limits as register
+
+    register(commands)
+
+
+COMMAND_GROUPS = [register_db, register_report, register_limits, register_spool, register_serve, register_controls, register_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,6 +64,8 @@ class ZeroCodeSettings:
     default_budget_usd: float | None
     default_output_tokens: int | None
     pricebook: Any
+    limits: tuple = ()  # WFLO_LIMITS_FILE's spend limits
+    alerts: Any = None
 
 
 def _read_settings() -> ZeroCodeSettings:
@@ -83,7 +85,10 @@ def _read_settings() -> ZeroCodeSettings:
         raise ValueError(f"{ENV_PRICES_FILE}: cannot read {os.environ.get(ENV_PRICES_FILE)!r}: {exc.strerror or exc}") from exc
     except ValueError as exc:
         raise ValueError(f"{ENV_PRICES_FILE}: {exc}") from exc
-    return ZeroCodeSettings(budget, int(output_tokens) if output_tokens is not None else None, book)
+    from .limits_config import resolve
+
+    limits, alerts = resolve(None, None)  # ValueError naming WFLO_LIMITS_FILE: never a run without its limits
+    return ZeroCodeSettings(budget, int(output_tokens) if output_tokens is not None else None, book, tuple(limits), alerts)
 
 
 def settings() -> ZeroCodeSettings:
@@ -115,7 +120,12 @@ def pricebook() -> Any:
 def new_budget_processor() -> _budget.BudgetSpanProcessor:
     """A budget processor configured from the environment (``WFLO_DEFAULT_BUDGET_USD``)."""
     config = settings()
-    return _budget.BudgetSpanProcessor(default_budget_usd=config.default_budget_usd, pricebook=config.pricebook)
+    processor = _budget.BudgetSpanProcessor(default_budget_usd=config.default_budget_usd, pricebook=config.pricebook)
+    if config.limits:  # $WFLO_LIMITS_FILE
+        from .limits_config import build_engine
+
+        processor.limits = build_engine(config.limits, config.alerts, None)
+    return processor
 
 
 def install_first(provider: TracerProvider, processor: SpanProcessor) -> None:

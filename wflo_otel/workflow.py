@@ -164,6 +164,7 @@ class Workflow(_SpanBlock, WorkflowControls):
         rollback_on: str | Iterable[str] | None = None,
         auto_approve_below_usd: float | None = None,
         approval_timeout_s: float | None = DEFAULT_APPROVAL_TIMEOUT_S,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not name or not isinstance(name, str):
@@ -184,6 +185,7 @@ class Workflow(_SpanBlock, WorkflowControls):
         self.on_exceed = on_exceed
         self.unknown_model = unknown_model
         self.description = description
+        self.attributes = _workflow_attributes(attributes)
         self.execution_id: str | None = None
         self.correlation_id: str | None = None
         self._scope: Scope | None = None
@@ -218,6 +220,7 @@ class Workflow(_SpanBlock, WorkflowControls):
             unknown_model=self.unknown_model,
             description=self.description,
             **self._controls_kwargs(),
+            attributes=self.attributes,
         )
 
     def _start(self) -> Span:
@@ -232,6 +235,8 @@ class Workflow(_SpanBlock, WorkflowControls):
             A.WFLO_BUDGET_UNKNOWN_MODEL: self.unknown_model,
             A.WFLO_STEP_KIND: "workflow",
         }
+        for key, value in self.attributes.items():
+            attributes.setdefault(key, value)
         inputs = _inputs_json(self.inputs)
         if inputs is not None:
             attributes[A.WFLO_WORKFLOW_INPUTS] = inputs
@@ -263,6 +268,8 @@ class Workflow(_SpanBlock, WorkflowControls):
             return
         span_id = span.get_span_context().span_id
         self._scope = processor.scope_of(span_id)
+        if self._scope is not None and self.attributes:
+            self._scope.attributes = {**self._scope.attributes, **self.attributes}
         chain = processor.chain_of(span_id)
         if chain:
             # Nested inside another workflow: the execution is the outer one.
@@ -296,6 +303,7 @@ def workflow(
     rollback_on: str | Iterable[str] | None = None,
     auto_approve_below_usd: float | None = None,
     approval_timeout_s: float | None = DEFAULT_APPROVAL_TIMEOUT_S,
+    attributes: Mapping[str, Any] | None = None,
 ) -> Workflow:
     """Open a workflow execution (``with``/``async with``) or decorate a function (sync or async).
 
@@ -307,6 +315,8 @@ def workflow(
     a stopped execution from its latest checkpoint with its spend remembered;
     ``rollback_on=("error", "budget")`` runs the registered compensations when the body
     raises (see docs/controls.md).
+    ``attributes`` (``{"tenant.id": "acme"}``) are set on the workflow span and apply to
+    every call under it, here and downstream (baggage): spend limits match calls by them.
     """
     return Workflow(
         name,
@@ -321,7 +331,22 @@ def workflow(
         rollback_on=rollback_on,
         auto_approve_below_usd=auto_approve_below_usd,
         approval_timeout_s=approval_timeout_s,
+        attributes=attributes,
     )
+
+
+def _workflow_attributes(attributes: Mapping[str, Any] | None) -> dict[str, str | int | float | bool]:
+    """Span attribute values only, checked when the workflow is declared (not at its first call)."""
+    if not attributes:
+        return {}
+    checked = {}
+    for key, value in attributes.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"workflow attribute names must be non-empty strings, got {key!r}")
+        if not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f"workflow attribute {key!r} must be a string, number or bool, got {type(value).__name__}")
+        checked[key] = value
+    return checked
 
 
 class Step(_SpanBlock):

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0005_controls"
-down_revision = "0003_view_types"
+down_revision = "0004_spend_limits"
 branch_labels = None
 depends_on = None
 

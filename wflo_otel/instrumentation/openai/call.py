@@ -354,8 +354,9 @@ def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any],
     if processor is not None:
         chain = processor.chain_of(span.get_span_context().span_id)
         if chain:
-            if any(scope.enforces for scope in chain):
-                _reserve(call, processor, chain, kwargs, shape.has_output)
+            limits = processor.limits.match(attributes, chain) if processor.limits is not None else ()
+            if limits or any(scope.enforces for scope in chain):
+                _reserve(call, processor, chain, kwargs, shape.has_output, limits)
             else:  # nothing to enforce, but the scopes still account what they spend
                 call.reservation = Reservation(chain, 0.0)
     return call
@@ -392,7 +393,9 @@ def _worst_case(call: LLMCall, kwargs: dict[str, Any], has_output: bool) -> floa
     return call.tel.pricebook.max_cost(model, input_tokens, output_tokens, service_tier=tier)
 
 
-def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any], has_output: bool = True) -> None:
+def _reserve(
+    call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any], has_output: bool = True, limits=()
+) -> None:
     try:
         amount = _worst_case(call, kwargs, has_output)
     except Exception:  # a request we cannot read still goes out, traced; the default ceiling is held for it
@@ -400,9 +403,16 @@ def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[
         amount = call.tel.pricebook.max_cost(call.model, 0, call.tel.default_output_tokens if has_output else 0)
     try:
         call.reservation = processor.ledger.reserve(chain, amount)
+        if limits:
+            try:
+                call.reservation.holds = processor.limits.reserve(limits, amount, call.span)
+            except BaseException:
+                processor.ledger.release(call.reservation)
+                call.reservation = None
+                raise
     except BudgetExceededError as exc:
         call.span.set_attribute(A.WFLO_BUDGET_REFUSED, True)
-        if call.tel.metrics is not None:
+        if call.tel.metrics is not None and exc.limit is None:  # a limit's refusals: wflo.limit.refusals
             call.tel.metrics.record_budget_event(exc.workflow or "", "refused")
         call.fail(exc)
         raise
