@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -147,18 +148,22 @@ def _to_asyncpg(sql: str) -> tuple[str, list[str]]:
     return re.sub(r":([a-z_]+)", repl, sql), names
 
 
-async def run(args) -> int:
-    admin_url = args.pg_url
+@contextlib.asynccontextmanager
+async def loaded_database(pg_url: str, steps: int, keep: bool = False):
+    """A throw-away database migrated to head, loaded with ``LOAD_SQL`` and analysed.
+
+    Yields ``(connection, executions)``; prints what it loaded; drops the database after
+    unless ``keep``. Shared by the benchmarks that read this data (``grafana_panels.py``).
+    """
     name = f"wflo_bench_{uuid.uuid4().hex[:10]}"
-    base = admin_url.rsplit("/", 1)[0]
-    db_url = f"{base}/{name}"
-    admin = await asyncpg.connect(admin_url)
+    db_url = f"{pg_url.rsplit('/', 1)[0]}/{name}"
+    admin = await asyncpg.connect(pg_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         await asyncio.to_thread(migrations.upgrade, db_url)
         conn = await asyncpg.connect(db_url)
         try:
-            executions = args.steps // STEPS_PER_EXECUTION
+            executions = steps // STEPS_PER_EXECUTION
             sql = LOAD_SQL.format(
                 workflows=WORKFLOWS,
                 executions=executions,
@@ -173,38 +178,55 @@ async def run(args) -> int:
             t0 = time.perf_counter()
             await conn.execute("VACUUM ANALYZE")
             vacuum_s = time.perf_counter() - t0
-            steps = await conn.fetchval("SELECT COUNT(*) FROM step_executions")
+            count = await conn.fetchval("SELECT COUNT(*) FROM step_executions")
             size = await conn.fetchval("SELECT pg_size_pretty(pg_total_relation_size('step_executions'))")
             print(
-                f"loaded {steps:,} step rows, {executions:,} executions in {load_s:.1f}s "
+                f"loaded {count:,} step rows, {executions:,} executions in {load_s:.1f}s "
                 f"(VACUUM ANALYZE {vacuum_s:.1f}s); step_executions with indexes: {size}\n"
             )
-            sample = await conn.fetchval(
-                "SELECT id FROM workflow_executions ORDER BY started_at DESC LIMIT 1 OFFSET $1", executions // 2
-            )
-            rows_out = []
-            worst = 0.0
-            for key, text in QUERIES.items():
-                query, names = _to_asyncpg(text)
-                params = [{"execution_id": sample, "workflow": "workflow-3"}[n] for n in names]
-                await conn.fetch(query, *params)  # warm-up
-                times = []
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    result = await conn.fetch(query, *params)
-                    times.append((time.perf_counter() - t0) * 1000)
-                plan = json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + query, *params))[0]
-                median = statistics.median(times)
-                worst = max(worst, median)
-                rows_out.append((key, median, min(times), len(result), _plan_summary(plan)))
+            yield conn, executions
         finally:
             await conn.close()
     finally:
-        if not args.keep:
+        if not keep:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         else:
             print(f"kept database {db_url}")
         await admin.close()
+
+
+def parse_args(doc: str, argv=None, repeat: int = 5, add_arguments=None) -> argparse.Namespace:
+    """The options every benchmark on this data takes, plus what ``add_arguments(parser)`` adds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if add_arguments is not None:
+        add_arguments(parser)
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--repeat", type=int, default=repeat)
+    parser.add_argument("--keep", action="store_true", help="keep the database (prints its URL)")
+    return parser.parse_args(argv)
+
+
+async def run(args) -> int:
+    rows_out = []
+    worst = 0.0
+    async with loaded_database(args.pg_url, args.steps, args.keep) as (conn, executions):
+        sample = await conn.fetchval(
+            "SELECT id FROM workflow_executions ORDER BY started_at DESC LIMIT 1 OFFSET $1", executions // 2
+        )
+        for key, text in QUERIES.items():
+            query, names = _to_asyncpg(text)
+            params = [{"execution_id": sample, "workflow": "workflow-3"}[n] for n in names]
+            await conn.fetch(query, *params)  # warm-up
+            times = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                result = await conn.fetch(query, *params)
+                times.append((time.perf_counter() - t0) * 1000)
+            plan = json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + query, *params))[0]
+            median = statistics.median(times)
+            worst = max(worst, median)
+            rows_out.append((key, median, min(times), len(result), _plan_summary(plan)))
 
     width = max(len(r[0]) for r in rows_out)
     print(f"{'query'.ljust(width)}  {'median ms':>9}  {'min ms':>7}  {'rows':>5}  ok   access paths")
@@ -217,12 +239,7 @@ async def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1_000_000)
-    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--keep", action="store_true", help="keep the database (prints its URL)")
-    return asyncio.run(run(parser.parse_args(argv)))
+    return asyncio.run(run(parse_args(__doc__, argv)))
 
 
 if __name__ == "__main__":

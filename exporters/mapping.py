@@ -18,10 +18,21 @@ from typing import Any, Iterable, Mapping
 
 from wflo_otel import attributes as A
 from wflo_otel.genai_spans import BIGINT_LIMIT, LLM_OPERATIONS, PROVIDER, call_usage, first, is_llm_call, own_usage, service_tier
+from wflo_otel.redaction import redact_exception_attributes, redact_message
 
 from .records import SpanRecord
 
 _log = logging.getLogger(__name__)
+
+# What a stored value may be. A count or amount beyond these is no usage any call has
+# had (2**32 tokens is ~4 billion in one call; $1e9 is a billion dollars): taken as it
+# came, one such span would corrupt its execution's totals or, summed, overflow them.
+TOKEN_LIMIT = 1 << 32
+COST_LIMIT_USD = 1e9
+# A column the mapping refused is NULL; its raw value is kept under this attribute
+# ({column: raw value}), so nothing the span said is lost.
+REJECTED = "wflo.storage.rejected"
+_TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
 
 _STEP_KINDS = frozenset({"workflow", "step", "llm", "tool", "other"})
 _PROMOTED = frozenset({A.WFLO_WORKFLOW_INPUTS})  # stored in their own column, not repeated in attributes
@@ -119,7 +130,9 @@ def _map_one(record: SpanRecord, batch: RowBatch, pricebook) -> None:
 def _workflow_name(record: SpanRecord, is_root: bool, service_name: Any) -> str:
     attrs = record.attributes
     if is_root:
-        name = attrs.get(A.GEN_AI_WORKFLOW_NAME) or attrs.get(A.WFLO_WORKFLOW_NAME) or record.name
+        name = attrs.get(A.GEN_AI_WORKFLOW_NAME) or attrs.get(A.WFLO_WORKFLOW_NAME)
+        if not name:  # a call with no parent span is an execution of its service, as the budget processor names it
+            name = (is_llm_call(attrs) and service_name) or record.name
     else:
         name = attrs.get(A.WFLO_WORKFLOW_NAME) or service_name or "unknown"
     if name.__class__ is not str:
@@ -155,7 +168,7 @@ def _root_execution_row(record: SpanRecord, execution_id: str, workflow_name: st
         "workflow_id": workflow_name,
         "status": status,
         "inputs": _json_attr(attrs.get(A.WFLO_WORKFLOW_INPUTS)),
-        "error": (record.status_message or attrs.get(A.ERROR_TYPE)) if status != A.STATUS_COMPLETED else None,
+        "error": redact_message(record.status_message or attrs.get(A.ERROR_TYPE)) if status != A.STATUS_COMPLETED else None,
         "budget_usd": _usd(attrs.get(A.WFLO_BUDGET_USD)),
         "trace_id": record.trace_id,
         "correlation_id": attrs.get(A.WFLO_CORRELATION_ID) or execution_id,
@@ -208,6 +221,13 @@ def _step_row(record: SpanRecord, execution_id: str, is_root: bool, pricebook) -
     # A call's usage under whichever instrumentation's names the span has it.
     usage = call_usage(attrs) if kind == "llm" else own_usage(attrs)
     request_model, response_model, input_tokens, output_tokens, cache_read, reasoning = usage
+    rejected: dict[str, Any] | None = None
+    if not _plausible_counts(input_tokens, output_tokens, cache_read, reasoning):
+        rejected = {}
+        input_tokens, output_tokens, cache_read, reasoning = (
+            _bounded_count(name, value, rejected)
+            for name, value in zip(_TOKEN_COLUMNS, (input_tokens, output_tokens, cache_read, reasoning))
+        )
     cost, cost_source = get(A.WFLO_COST_USD), get(A.WFLO_COST_SOURCE)
     if kind == "llm" and cost is None and cost_source is None and input_tokens is not None and pricebook is not None:
         priced = pricebook.cost(
@@ -219,6 +239,13 @@ def _step_row(record: SpanRecord, execution_id: str, is_root: bool, pricebook) -
             service_tier=service_tier(attrs),
         )
         cost, cost_source = priced.usd, priced.source
+    cost_usd = None
+    if kind == "llm" and cost is not None:
+        cost_usd = _usd(cost)
+        if cost_usd is not None and not 0.0 <= cost_usd <= COST_LIMIT_USD:
+            rejected = rejected if rejected is not None else {}
+            rejected["cost_usd"] = cost_usd
+            cost_usd = None
     start_ns, end_ns = record.start_ns, record.end_ns
     name = record.name
     return {
@@ -238,16 +265,60 @@ def _step_row(record: SpanRecord, execution_id: str, is_root: bool, pricebook) -
         "output_tokens": output_tokens,
         "cache_read_tokens": cache_read,
         "reasoning_tokens": reasoning,
-        "cost_usd": _usd(cost) if kind == "llm" else None,
+        "cost_usd": cost_usd,
         "cost_source": cost_source,
         "started_at": ns_to_datetime(start_ns),
         "ended_at": ns_to_datetime(end_ns),
         "duration_ms": (end_ns - start_ns) / 1e6 if end_ns else None,
-        # Stored as the span has them (JSON encodes tuples as arrays); a promoted attribute
-        # (the workflow inputs, in their own column) is not repeated.
-        "attributes": attrs if A.WFLO_WORKFLOW_INPUTS not in attrs else {k: v for k, v in attrs.items() if k not in _PROMOTED},
-        "events": list(record.events) if record.events else None,
+        "attributes": _stored_attributes(attrs, rejected),
+        "events": stored_events(record.events) if record.events else None,
     }
+
+
+def _stored_attributes(attrs: Mapping[str, Any], rejected: dict[str, Any] | None) -> Mapping[str, Any]:
+    """The span's attributes as stored: as the span has them (JSON encodes tuples as arrays),
+    without a promoted attribute (the workflow inputs, in their own column), with a note of
+    the values the mapping refused. The span's own dict is never changed (the SDK's)."""
+    if A.WFLO_WORKFLOW_INPUTS in attrs:
+        attrs = {k: v for k, v in attrs.items() if k not in _PROMOTED}
+    if rejected:
+        attrs = {**attrs, REJECTED: rejected}
+    return attrs
+
+
+def _plausible_counts(*counts: int | None) -> bool:
+    """All None or within [0, TOKEN_LIMIT]: the common case, tested without a call per count."""
+    for count in counts:
+        if count is not None and not 0 <= count <= TOKEN_LIMIT:
+            return False
+    return True
+
+
+def _bounded_count(column: str, count: int | None, rejected: dict[str, Any]) -> int | None:
+    """``count``, or None (noted in ``rejected``) when negative or implausibly large.
+
+    A negative count would subtract from the execution's totals (the budget processor
+    already treats such usage as none); a huge one would overflow them.
+    """
+    if count is None or 0 <= count <= TOKEN_LIMIT:
+        return count
+    rejected[column] = count
+    return None
+
+
+def stored_events(events: Any) -> list[dict[str, Any]]:
+    """The span's events as stored: an exception's message and stack trace redacted.
+
+    Whatever instrumentation recorded them (the ingest service stores other processes'
+    spans), a bearer token or API key echoed by a server's error must not reach storage.
+    """
+    out = []
+    for event in events:
+        attrs = event.get("attributes") if isinstance(event, Mapping) else None
+        if attrs and event.get("name") == "exception":
+            event = {**event, "attributes": redact_exception_attributes(attrs)}
+        out.append(event)
+    return out
 
 
 def _usd(value: Any) -> float | None:
@@ -266,12 +337,18 @@ def _usd(value: Any) -> float | None:
 
 
 def _json_attr(value: Any) -> Any:
+    """A JSON attribute (the workflow inputs) as the value it encodes.
+
+    Text that is no JSON, or JSON nested deeper than the parser's recursion limit (50,000
+    nested lists), is kept as the text it is (``{"value": text}``): the span is stored,
+    not refused.
+    """
     if value is None:
         return None
     if isinstance(value, str):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return {"value": value}
     return value
 

@@ -124,3 +124,56 @@ sa.Index(
     sqlite_where=sa.text(PROBLEM),
 )
 
+
+# Spend limits (wflo_otel.limits_store writes them; migration 0004_spend_limits).
+
+
+def _period_key() -> list[sa.Column]:
+    """(limit, key, period start): what identifies a limit's period in all three tables."""
+    return [
+        sa.Column("limit_name", sa.String(255), primary_key=True),
+        sa.Column("limit_key", sa.String(255), primary_key=True),
+        sa.Column("period_start", Timestamp, primary_key=True),
+    ]
+
+
+spend_limit_periods = sa.Table(
+    "spend_limit_periods",
+    metadata,
+    *_period_key(),
+    sa.Column("period_end", Timestamp, nullable=False),
+    sa.Column("per", sa.String(16), nullable=False),
+    sa.Column("limit_usd", sa.Double, nullable=False),
+    sa.Column("spent_usd", sa.Double, nullable=False, server_default=sa.text("0")),
+    sa.Column("leased_usd", sa.Double, nullable=False, server_default=sa.text("0")),
+    sa.Index("ix_spend_limit_periods_period_end", "period_end"),
+)
+
+spend_limit_leases = sa.Table(
+    "spend_limit_leases",
+    metadata,
+    *_period_key(),
+    sa.Column("holder", sa.String(64), primary_key=True),
+    sa.Column("amount_usd", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.ForeignKeyConstraint(
+        ["limit_name", "limit_key", "period_start"],
+        ["spend_limit_periods.limit_name", "spend_limit_periods.limit_key", "spend_limit_periods.period_start"],
+        name="fk_spend_limit_leases_period",
+        ondelete="CASCADE",
+    ),
+)
+
+spend_limit_alerts = sa.Table(
+    "spend_limit_alerts",
+    metadata,
+    *_period_key(),
+    sa.Column("threshold", sa.Double, primary_key=True),
+    sa.Column("spent_usd", sa.Double, nullable=False),
+    sa.Column("fired_at", Timestamp, nullable=False),
+)
+
+
+# The control tables (checkpoints, rollbacks, approvals) live on the same metadata; imported
+# last, as they reference the tables above.
+from wflo_otel.controls import schema as _controls_schema  # noqa: E402,F401

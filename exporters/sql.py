@@ -14,8 +14,13 @@ starts). ``export`` therefore never blocks the SDK's worker for long, which woul
 make the ``BatchSpanProcessor`` drop spans. A batch the database refuses for good
 (a data error) is kept in the spool's ``failed/`` folder and logged.
 
-Shutdown. ``shutdown()`` writes or spools what it is given and tries to replay the
-spool within its timeout. A process that receives SIGTERM normally dies without
+A database that refuses us (SQLSTATE 3D000: no database of that name; class 28: the
+role or password) is not retried at once: its batches are spooled straight away.
+
+Shutdown. ``shutdown()`` writes or spools what it is given and, if the spool holds
+batches, probes the database once more (as ``force_flush()`` does) and replays them
+within its timeout if it answers; if not, it returns at once and logs one line naming
+the spool folder and ``wflo-otel spool replay``. A process that receives SIGTERM normally dies without
 running ``atexit`` hooks — where the SDK's ``TracerProvider`` flushes its batch
 processors — so, unless the application already handles SIGTERM (or
 ``WFLO_HANDLE_SIGTERM=0`` / ``handle_sigterm=False``), the exporter installs a
@@ -43,7 +48,7 @@ from .forking import in_forked_children
 from .mapping import RowBatch, map_records
 from .records import SpanFields, record_from_fields, record_from_readable_span, span_fields
 from .spool import Spool, SpoolFull
-from .store import SpanStore, is_transient, sqlstate_of
+from .store import SpanStore, is_refusal, is_transient, sqlstate_of
 
 _log = logging.getLogger(__name__)
 
@@ -112,6 +117,7 @@ class SQLSpanExporter(SpanExporter):
         self._handoff: _Handoff | None = _Handoff() if hasattr(self._store, "begin_write_spans") else None
         self._state = threading.Condition()
         self._down = False
+        self._refusal: BaseException | None = None  # why the database refuses us (3D000, class 28)
         self._down_since = 0.0
         self._next_probe = 0.0
         self._probe_delay = 0.0
@@ -190,6 +196,8 @@ class SQLSpanExporter(SpanExporter):
         if not self._spool_dirty or self._spool is None:
             return True
         deadline = time.monotonic() + timeout_millis / 1000
+        if not self._answers_now(deadline):  # nothing to wait for: the spool stays, and says so at shutdown
+            return False
         return self._wait_for_replay(deadline)
 
     def shutdown(self, timeout_millis: int = 30000) -> None:
@@ -201,24 +209,28 @@ class SQLSpanExporter(SpanExporter):
             while self._inflight and time.monotonic() < deadline:
                 self._state.wait(deadline - time.monotonic())
         self._settle_handed()
-        if self._spool_dirty and self._spool is not None and not self._down:
+        if self._spool_dirty and self._spool is not None and self._answers_now(deadline):
             self._wait_for_replay(min(deadline, time.monotonic() + 10))
         self._stop_replay.set()
         self._wake.set()
         if self._replayer is not None and self._replayer is not threading.current_thread():
             self._replayer.join(max(0.1, min(5.0, deadline - time.monotonic())))
         if self._spool is not None and self._spool.pending():
-            _log.warning(
-                "wflo-otel: %d batches stay spooled in %s; they are replayed when an exporter for %s starts",
-                len(self._spool.pending()),
-                self._spool.directory,
-                self._safe_url,
-            )
+            _log.warning("%s", self._spooled_at_exit())
         try:
             self._loop.run(self._store.dispose(), 10)
         except Exception:
             _log.debug("wflo-otel: dispose failed", exc_info=True)
         self._loop.stop()
+
+    def _spooled_at_exit(self) -> str:
+        """The one line a process leaving spans in the spool prints: where they are, why, how to land them."""
+        why = f" ({self._safe_url} refused: {_brief(self._refusal)})" if self._refusal is not None else ""
+        return (
+            f"wflo-otel: {len(self._spool.pending())} batches of spans stay spooled in {self._spool.directory}{why}; "
+            f"they are written when an exporter for this database starts, or now with: "
+            f"wflo-otel spool replay --database-url '{self._safe_url}'"
+        )
 
     def stats(self) -> dict[str, int]:
         return {
@@ -359,8 +371,14 @@ class SQLSpanExporter(SpanExporter):
                 self._write(batch)
                 return None
             except Exception as exc:
-                if attempt == self._retries or not is_transient(exc) or _timed_out(exc) or self._circuit_open():
-                    return exc  # a timeout already waited its full time: retrying it would block export() again
+                if (
+                    attempt == self._retries
+                    or not is_transient(exc)
+                    or _timed_out(exc)  # a timeout already waited its full time: retrying it would block export() again
+                    or is_refusal(exc)  # no database of that name, or not for us: retrying at once changes nothing
+                    or self._circuit_open()
+                ):
+                    return exc
                 # The first retry is immediate: a connection the server cut is replaced by the pool.
                 delay = 0.0 if attempt == 0 else self._backoff_s * (2 ** (attempt - 1))
                 _log.info("wflo-otel: write to %s failed (%s); retry %d in %.2fs", self._safe_url, _brief(exc), attempt + 1, delay)
@@ -457,22 +475,31 @@ class SQLSpanExporter(SpanExporter):
         return self._spool is not None or time.monotonic() < self._next_probe
 
     def _mark_down(self, error: BaseException) -> None:
+        refused = is_refusal(error)
         with self._state:
             first = not self._down
             self._down = True
+            self._refusal = error if refused else None
             if first:
                 self._down_since = time.monotonic()
                 self._probe_delay = 0.25
             else:
                 self._probe_delay = min(_MAX_PROBE_DELAY_S, max(0.25, self._probe_delay * 2))
+            if refused:  # a database created or a role granted is minutes away, not milliseconds
+                self._probe_delay = _MAX_PROBE_DELAY_S
             self._next_probe = time.monotonic() + self._probe_delay
         if first:
-            _log.error(
-                "wflo-otel: database %s is unreachable (%s); spooling batches to %s and retrying with backoff",
-                self._safe_url,
-                _brief(error),
-                self._spool.directory if self._spool is not None else "(no spool: spans are lost)",
-            )
+            where = self._spool.directory if self._spool is not None else "(no spool: spans are lost)"
+            if refused:
+                _log.error(
+                    "wflo-otel: database %s refuses this connection (%s); spooling batches to %s until it is fixed",
+                    self._safe_url, _brief(error), where,
+                )
+            else:
+                _log.error(
+                    "wflo-otel: database %s is unreachable (%s); spooling batches to %s and retrying with backoff",
+                    self._safe_url, _brief(error), where,
+                )
         self._ensure_replayer()
 
     def _mark_up(self) -> None:
@@ -482,6 +509,7 @@ class SQLSpanExporter(SpanExporter):
             if not self._down:
                 return
             self._down = False
+            self._refusal = None
             down_for = time.monotonic() - self._down_since
             self._probe_delay = 0.0
         _log.warning("wflo-otel: database %s is back after %.1fs", self._safe_url, down_for)
@@ -566,6 +594,24 @@ class SQLSpanExporter(SpanExporter):
             self._state.notify_all()
         _log.info("wflo-otel: spool for %s replayed", self._safe_url)
         return None
+
+    def _answers_now(self, deadline: float) -> bool:
+        """Up, or down but answering a probe made now: worth waiting for the replay.
+
+        ``force_flush()`` and ``shutdown()`` probe once more rather than wait for the
+        replayer's back-off (up to 10 s away): a database that came back is replayed
+        before the process exits, and one that still does not answer (a mistyped
+        database name: SQLSTATE 3D000) is not waited for at all.
+        """
+        if not self._down:
+            return True
+        try:
+            self._loop.run(self._store.ping(), max(0.1, min(5.0, deadline - time.monotonic())))
+        except Exception as exc:
+            self._mark_down(exc)
+            return False
+        self._mark_up()
+        return True
 
     def _wait_for_replay(self, deadline: float) -> bool:
         self._ensure_replayer()

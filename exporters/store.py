@@ -302,10 +302,45 @@ def _json_text(value: Any) -> str | None:
     try:
         text = _encode_json(value)
     except ValueError:  # NaN / Infinity somewhere
-        text = _encode_json_lenient(_json_clean(value))
+        try:
+            text = _encode_json_lenient(_json_clean(value))
+        except RecursionError:
+            return _too_deep(value)
+    except RecursionError:
+        return _too_deep(value)
     if "\\u0000" in text:
         text = _encode_json_lenient(_json_clean(value))
     return text
+
+
+def _too_deep(value: Any) -> str:
+    """JSON text for a value nested deeper than the encoder recurses: stored, not refused.
+
+    In a mapping (a span's attributes), only the items too deep become text (their
+    ``repr``, cut to 64 KiB, or a note when even that recurses too deep); the others
+    stay as they were.
+    """
+    if isinstance(value, dict):
+        kept = {}
+        for key, item in value.items():
+            try:
+                _encode_json_lenient(_json_clean(item))
+            except RecursionError:
+                item = _deep_text(item)
+            kept[str(key)] = item
+        try:
+            return _encode_json_lenient(_json_clean(kept))
+        except RecursionError:  # a key nested too deep? (keys are strings) - keep the note alone
+            pass
+    return _encode_json_lenient(_deep_text(value))
+
+
+def _deep_text(value: Any) -> str:
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<{type(value).__name__} nested too deeply to store>"
+    return text[:65536].replace("\x00", "")
 
 
 def _json_clean(value: Any) -> Any:
@@ -413,6 +448,13 @@ def _identity(value: Any) -> Any:
     return value
 
 
+# Execution totals saturate here (SQL ``LEAST``/``MIN`` in the update that adds to them):
+# each step's count is bounded by the mapping (``TOKEN_LIMIT``), so a stored total below
+# 2**62 plus a batch's share stays below BIGINT's 2**63 and the sum never overflows; a
+# refused total would refuse every later LLM span of its execution (SQLSTATE 22003).
+TOTAL_TOKENS_LIMIT = (1 << 62) - 1
+TOTAL_CALLS_LIMIT = (1 << 31) - 1  # llm_calls is INTEGER
+
 # Columns the writers fill (totals are computed in SQL, never taken from a row).
 _TOTALS = ("cost_total_usd", "input_tokens", "output_tokens", "llm_calls")
 DEF_COLUMNS = _columns(workflow_definitions)
@@ -477,7 +519,18 @@ def _totals_added(steps: list[tuple]) -> list[tuple]:
         totals[2] += row[_OUTPUT] or 0
         if row[_ERROR] != "BudgetExceededError":
             totals[3] += 1
-    return [(execution_id, *added[execution_id]) for execution_id in sorted(added)]
+    return [_saturated(execution_id, *added[execution_id]) for execution_id in sorted(added)]
+
+
+def _saturated(execution_id: str, cost: float, input_tokens: int, output_tokens: int, calls: int) -> tuple:
+    """One execution's share of a batch, each sum within what its column holds."""
+    return (
+        execution_id,
+        cost,
+        min(input_tokens, TOTAL_TOKENS_LIMIT),
+        min(output_tokens, TOTAL_TOKENS_LIMIT),
+        min(calls, TOTAL_CALLS_LIMIT),
+    )
 
 
 def _compile_rows(columns: Sequence[_Column], sqlite: bool) -> Callable[[Sequence[dict]], list[tuple]]:
@@ -549,13 +602,13 @@ _PG_EXEC_SQL = _pg_insert_sql("workflow_executions", EXEC_COLUMNS, _EXEC_CONFLIC
 _PG_ADD_TOTALS_SQL = """
 UPDATE workflow_executions AS e
 SET cost_total_usd = e.cost_total_usd + t.cost,
-    input_tokens = e.input_tokens + t.input_tokens,
-    output_tokens = e.output_tokens + t.output_tokens,
-    llm_calls = e.llm_calls + t.calls
+    input_tokens = LEAST(e.input_tokens + t.input_tokens, {tokens}),
+    output_tokens = LEAST(e.output_tokens + t.output_tokens, {tokens}),
+    llm_calls = LEAST(e.llm_calls::int8 + t.calls, {calls})
 FROM unnest($1::text[], $2::float8[], $3::int8[], $4::int8[], $5::int4[])
     AS t(execution_id, cost, input_tokens, output_tokens, calls)
 WHERE e.id = t.execution_id
-"""
+""".format(tokens=TOTAL_TOKENS_LIMIT, calls=TOTAL_CALLS_LIMIT)
 # The default step path: the ids of the batch already stored are looked up, and the new
 # rows are written by binary COPY straight into the table (``bench/export.py`` measured
 # it at about twice the rate of the ``unnest`` INSERT, which costs array encoding on
@@ -660,8 +713,9 @@ _SQLITE_EXEC_SQL = _sqlite_insert_sql("workflow_executions", EXEC_COLUMN_NAMES, 
 _SQLITE_STEP_SQL = _sqlite_insert_sql("step_executions", STEP_COLUMN_NAMES, _STEP_CONFLICT)
 _SQLITE_NEW_EXEC_SQL = _sqlite_insert_sql("workflow_executions", NEW_EXEC_COLUMN_NAMES)
 _SQLITE_ADD_TOTALS_SQL = (
-    "UPDATE workflow_executions SET cost_total_usd = cost_total_usd + ?, input_tokens = input_tokens + ?,"
-    " output_tokens = output_tokens + ?, llm_calls = llm_calls + ? WHERE id = ?"
+    "UPDATE workflow_executions SET cost_total_usd = cost_total_usd + ?,"
+    f" input_tokens = MIN(input_tokens + ?, {TOTAL_TOKENS_LIMIT}), output_tokens = MIN(output_tokens + ?, {TOTAL_TOKENS_LIMIT}),"
+    f" llm_calls = MIN(llm_calls + ?, {TOTAL_CALLS_LIMIT}) WHERE id = ?"
 )
 
 
@@ -734,6 +788,17 @@ def sqlstate_of(exc: BaseException) -> str | None:
 def is_retryable(exc: BaseException) -> bool:
     """A serialization failure, deadlock or lost race on a span id: the same transaction will likely succeed now."""
     return sqlstate_of(exc) in RETRYABLE_SQLSTATES
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """The server answers, and refuses us: no database of that name (3D000), or not for
+    these credentials (class 28). Waiting seconds will not change it; someone must act.
+
+    Still transient (the exporter spools, and replays once it is fixed), but not worth
+    retrying at once nor waiting for at shutdown.
+    """
+    state = sqlstate_of(exc)
+    return state is not None and (state == "3D000" or state[:2] == "28")
 
 
 def is_transient(exc: BaseException) -> bool:

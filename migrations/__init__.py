@@ -73,31 +73,61 @@ async def sqlite_migration_lock(url: str):
     nothing behind; a process that dies releases it. No-op for other databases, for
     in-memory and ``file:`` URI ones, where ``fcntl`` is missing (Windows), and when
     the lock file cannot be opened (the migration then runs as it did before).
+
+    The file is removed when the migration is done, so none is left beside the
+    database: the holder unlinks it while still holding the lock, and a waiter that
+    then gets the lock checks that the path still names the file it locked, else
+    starts over on the new one (two processes can never hold locks on two files).
     """
-    fd = _open_lock_file(url)
+    path = _lock_path(url)
+    fd = await _acquire(path) if path is not None else None
     if fd is None:
         yield
         return
     try:
-        while not _try_flock(fd):
-            await asyncio.sleep(0.02)
         yield
     finally:
-        os.close(fd)  # releases the lock; the file stays (removing it would race a waiter)
+        try:
+            os.unlink(path)  # held: nobody else holds a lock on this file
+        except OSError:
+            pass
+        os.close(fd)  # releases the lock
 
 
-def _open_lock_file(url: str) -> int | None:
+def _lock_path(url: str) -> str | None:
     from wflo_otel.exporters.checkpoint import database_path
 
     if fcntl is None or not url.startswith("sqlite"):
         return None
     path = database_path(url)
-    if path is None:
-        return None
+    return os.path.abspath(path) + ".migrate.lock" if path is not None else None
+
+
+async def _acquire(path: str) -> int | None:
+    """An fd holding the lock on the file ``path`` names now, or None when it cannot be opened."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None
+        try:
+            while not _try_flock(fd):
+                await asyncio.sleep(0.02)
+            if _still_named(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder removed it meanwhile: lock the one that path names now
+
+
+def _still_named(fd: int, path: str) -> bool:
     try:
-        return os.open(os.path.abspath(path) + ".migrate.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        return None
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _try_flock(fd: int) -> bool:
@@ -131,3 +161,10 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def downgrade(url: str, revision: str) -> None:
     asyncio.run(run_async(url, downgrade_connection, revision))
+
+
+def head_revision() -> str:
+    """The revision ``upgrade(url)`` brings a database to (from the scripts, not hard-coded)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

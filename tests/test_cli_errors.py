@@ -212,7 +212,9 @@ def test_the_default_database_is_not_created_by_db_current_but_is_by_db_upgrade(
     assert list(tmp_path.iterdir()) == []
     assert _run("db", "upgrade", cwd=tmp_path).returncode == 0
     current = _run("db", "current", cwd=tmp_path)
-    assert current.returncode == 0 and current.stdout.startswith("0002 (head)")
+    from wflo_otel.migrations import head_revision
+
+    assert current.returncode == 0 and current.stdout.startswith(f"{head_revision()} (head)")
 
 
 # ----------------------------------------------------------------- prune keeps RUNNING executions

@@ -213,13 +213,13 @@ def test_no_hint_in_the_code_installs_wflo_otel_from_an_index():
 def test_a_registered_command_group_takes_the_global_options_in_either_place(monkeypatch, capsys):
     from wflo_otel import cli
 
-    def register_limits(commands: cli.Commands) -> None:
-        limits = commands.add("limits", help="spend limits")
-        limits_commands = commands.group(limits, "limits_command")
-        limits_commands.add("list", help="list them")
-        limits.set_defaults(func=lambda args: print(f"limits {args.limits_command} on {args.database_url}") or 0)
+    def register_widgets(commands: cli.Commands) -> None:
+        widgets = commands.add("widgets", help="widgets")
+        widget_commands = commands.group(widgets, "widgets_command")
+        widget_commands.add("list", help="list them")
+        widgets.set_defaults(func=lambda args: print(f"widgets {args.widgets_command} on {args.database_url}") or 0)
 
-    monkeypatch.setattr(cli, "COMMAND_GROUPS", [*cli.COMMAND_GROUPS, register_limits])
-    assert main(["limits", "list", "--database-url", "sqlite:///a.db"]) == 0
-    assert main(["--database-url", "sqlite:///b.db", "limits", "list"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["limits list on sqlite:///a.db", "limits list on sqlite:///b.db"]
+    monkeypatch.setattr(cli, "COMMAND_GROUPS", [*cli.COMMAND_GROUPS, register_widgets])
+    assert main(["widgets", "list", "--database-url", "sqlite:///a.db"]) == 0
+    assert main(["--database-url", "sqlite:///b.db", "widgets", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["widgets list on sqlite:///a.db", "widgets list on sqlite:///b.db"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -19,7 +18,6 @@ from wflo_otel.exporters.store import create_engine
 from wflo_otel.reports import QUERIES
 
 MESSAGES = [{"role": "user", "content": "Route ticket 7 [cached]"}]
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def query(url: str, sql: str, **params):
@@ -165,12 +163,6 @@ def test_documented_queries_run_on_both_engines(database_url, sql_telemetry, cli
     assert [r[2] for r in bad] == ["BUDGET_EXCEEDED"]
     steps = query(database_url, QUERIES["steps_of_an_execution"], execution_id=wf.execution_id)
     assert [s[1] for s in steps] == ["workflow", "step", "llm", "llm"]
-
-
-def test_readme_shows_the_documented_queries():
-    readme = README.read_text()
-    for name in QUERIES:
-        assert QUERIES[name] in readme, f"README is missing the {name} query as tests run it"
 
 
 def test_a_burst_of_spans_faster_than_the_database_loses_none(tmp_path):

@@ -10,35 +10,13 @@ Each run is a subprocess in a temporary working directory.
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-
-APP = """
-import os
-import openai
-
-client = openai.OpenAI(base_url=os.environ["FAKE_OPENAI_URL"], api_key="test-key", max_retries=0)
-for i in range(3):
-    client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": f"question {i}"}], max_tokens=100
-    )
-    print("answered", i)
-try:
-    client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "a long essay"}], max_tokens=100_000
-    )
-    print("big call sent")
-except Exception as exc:
-    print("big call refused:", type(exc).__name__, getattr(exc, "budget_usd", None))
-"""
+from zero_code_runs import APP, install_fake_distribution, rows, run_instrumented
 
 PROCESSORS = """
 from opentelemetry import trace
@@ -47,35 +25,6 @@ import openai  # noqa: F401  (what the app would do)
 provider = trace.get_tracer_provider()
 print([type(p).__name__ for p in provider._active_span_processor._span_processors])
 """
-
-
-def run_instrumented(cwd: Path, source: str, openai_server, **env_extra: str) -> subprocess.CompletedProcess:
-    (cwd / "app.py").write_text(textwrap.dedent(source))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "WFLO_"))}
-    env.update(
-        FAKE_OPENAI_URL=openai_server.base_url,
-        OTEL_SERVICE_NAME="zero-code-app",
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        **env_extra,
-    )
-    result = subprocess.run(
-        [str(BIN / "opentelemetry-instrument"), sys.executable, "app.py"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def rows(db: Path, sql: str) -> list[tuple]:
-    connection = sqlite3.connect(db)
-    try:
-        return connection.execute(sql).fetchall()
-    finally:
-        connection.close()
 
 
 def test_opentelemetry_instrument_lands_executions_and_llm_calls_in_wflo_db(tmp_path, openai_server):
@@ -88,9 +37,9 @@ def test_opentelemetry_instrument_lands_executions_and_llm_calls_in_wflo_db(tmp_
     assert openai_server.request_count - before == 4
     db = tmp_path / "wflo.db"  # the default database, in the working directory
     executions = rows(db, "SELECT id, trace_id, workflow_id, status, service_name FROM workflow_executions")
-    assert len(executions) == 4  # each call is a trace of its own, and so an execution
+    assert len(executions) == 4  # each call is a trace of its own, and so an execution of the service
     for execution_id, trace_id, workflow, status, service in executions:
-        assert (execution_id, workflow, status, service) == (trace_id, "chat gpt-4o-mini", "COMPLETED", "zero-code-app")
+        assert (execution_id, workflow, status, service) == (trace_id, "zero-code-app", "COMPLETED", "zero-code-app")
     steps = rows(
         db,
         "SELECT request_model, response_model, input_tokens, output_tokens, attributes FROM step_executions"
@@ -163,14 +112,12 @@ class OtherConfigurator(_OTelSDKConfigurator):
 
 def _install_other_distro(site: Path) -> None:
     """A stand-in for opentelemetry-distro: its own distro and configurator entry points."""
-    site.mkdir()
-    (site / "other_distro.py").write_text(OTHER_DISTRO)
-    info = site / "other_distro-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: other-distro\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
+    install_fake_distribution(
+        site,
+        "other_distro",
+        OTHER_DISTRO,
         "[opentelemetry_distro]\nother = other_distro:OtherDistro\n\n"
-        "[opentelemetry_configurator]\nother = other_distro:OtherConfigurator\n"
+        "[opentelemetry_configurator]\nother = other_distro:OtherConfigurator\n",
     )
 
 
@@ -284,12 +231,9 @@ class OtherOpenAIInstrumentor(BaseInstrumentor):  # what openai-v2 or OpenLLMetr
 
 def test_a_second_openai_instrumentation_is_not_loaded_beside_ours(tmp_path, openai_server):
     site = tmp_path / "site"
-    site.mkdir()
-    (site / "other_openai.py").write_text(OTHER_OPENAI_INSTRUMENTOR)
-    info = site / "other_openai-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: other-openai\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[opentelemetry_instrumentor]\nopenai = other_openai:OtherOpenAIInstrumentor\n")
+    install_fake_distribution(
+        site, "other_openai", OTHER_OPENAI_INSTRUMENTOR, "[opentelemetry_instrumentor]\nopenai = other_openai:OtherOpenAIInstrumentor\n"
+    )
     result = run_instrumented(tmp_path, APP, openai_server, OTEL_TRACES_EXPORTER="wflo", PYTHONPATH=str(site))
     assert "other openai instrumentation loaded" not in result.stdout
     assert "not loading other_openai:OtherOpenAIInstrumentor" in result.stderr

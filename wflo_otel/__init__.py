@@ -13,18 +13,38 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from .configuration import Handle, configure
+from .controls.errors import (
+    ApprovalConflict,
+    ApprovalExpired,
+    ApprovalNotFound,
+    ApprovalRejected,
+    CheckpointNotFound,
+    ExecutionNotFound,
+)
+from .controls.runtime import checkpoint
+from .alerts import Alerts
 from .errors import BudgetExceededError
+from .limits import SpendLimit
 from .workflow import Step, Workflow, execute, step, workflow
 
 if TYPE_CHECKING:  # pragma: no cover
     from .track import track_llm_call
 
 __all__ = [
+    "ApprovalConflict",
+    "ApprovalExpired",
+    "ApprovalNotFound",
+    "ApprovalRejected",
+    "Alerts",
     "BudgetExceededError",
+    "CheckpointNotFound",
+    "ExecutionNotFound",
     "Handle",
+    "SpendLimit",
     "Step",
     "Workflow",
     "__version__",
+    "checkpoint",
     "configure",
     "execute",
     "step",

@@ -31,6 +31,8 @@ _log = logging.getLogger(__name__)
 
 ON_EXCEED_RAISE = "raise"
 ON_EXCEED_RECORD = "record"
+ON_EXCEED_APPROVE = "approve"  # a refusal asks for an approval to raise the budget (controls/budget_approval.py)
+_APPROVAL_ROUNDS = 3  # budget raises one call may ask for (concurrent calls may take the room first)
 UNKNOWN_MODEL_ALLOW = "allow"
 UNKNOWN_MODEL_REFUSE = "refuse"
 DEFAULT_SCOPE_TTL_S = 6 * 3600.0
@@ -59,6 +61,8 @@ class Scope:
         "unknown_model",
         "enforces",
         "span",
+        "approver",
+        "attributes",
     )
 
     def __init__(
@@ -82,9 +86,14 @@ class Scope:
         self.reserved_usd = 0.0
         self.overran = False
         self.refusals = 0
+        # What spend limits match calls by: workflow(..., attributes=) and a root span's
+        # attributes, inherited by nested scopes and carried downstream in baggage.
+        self.attributes: dict = _NO_ATTRIBUTES
         # Whether a call in this scope must be checked before it is sent: a budget to fit,
         # or models without a price to refuse. Scopes that do neither only account.
         self.enforces = budget_usd is not None or unknown_model == UNKNOWN_MODEL_REFUSE
+        # on_exceed="approve": approver(scope, needed_usd) -> USD approved (0: no); it may wait.
+        self.approver = None
 
     @property
     def remaining_usd(self) -> float | None:
@@ -113,17 +122,19 @@ class Scope:
 
 
 Chain = tuple  # tuple[Scope, ...], outermost (the execution) first
+_NO_ATTRIBUTES: dict = {}
 
 
 class Reservation:
-    """Money held on every scope of a chain for one in-flight call."""
+    """Money held on every scope of a chain (and ``holds``: on spend limits) for one in-flight call."""
 
-    __slots__ = ("chain", "amount", "open")
+    __slots__ = ("chain", "amount", "open", "holds")
 
     def __init__(self, chain: Chain, amount: float) -> None:
         self.chain = chain
         self.amount = amount
         self.open = True
+        self.holds = None  # limits.Holds when spend limits matched the call
 
 
 class Ledger:
@@ -145,15 +156,43 @@ class Ledger:
         with self._lock:
             for scope in chain:
                 if unknown and scope.unknown_model == UNKNOWN_MODEL_REFUSE:
-                    raise _refusal(scope, None)
+                    break
                 budget = scope.budget_usd
                 if budget is None:
                     continue
                 if scope.spent_usd + scope.reserved_usd + amount > budget + _EPSILON or scope.spent_usd >= budget:
+                    break
+            else:
+                for scope in chain:
+                    scope.reserved_usd += amount
+                return Reservation(chain, amount)
+        return self._reserve_refused(chain, amount, unknown)
+
+    def _reserve_refused(self, chain: Chain, amount: float, unknown: bool) -> Reservation:
+        """A scope refuses: raise, unless its approver (``on_exceed="approve"``) raises its budget.
+
+        The approver runs outside the lock (it may wait for a person); the check runs again
+        after each raise, as a concurrent call may have taken the room meanwhile.
+        """
+        for _ in range(_APPROVAL_ROUNDS + 1):
+            with self._lock:
+                refusing = _refusing(chain, amount, unknown)
+                if refusing is None:
+                    for scope in chain:
+                        scope.reserved_usd += amount
+                    return Reservation(chain, amount)
+                scope, unpriced = refusing
+                approver = scope.approver if not unpriced else None
+                if approver is None:
+                    raise _refusal(scope, None if unpriced else amount)
+                needed = max(scope.spent_usd + scope.reserved_usd + amount - scope.budget_usd, _EPSILON)
+            approved = approver(scope, needed)
+            with self._lock:
+                if not approved:
                     raise _refusal(scope, amount)
-            for scope in chain:
-                scope.reserved_usd += amount
-        return Reservation(chain, amount)
+                scope.budget_usd += approved
+        with self._lock:
+            raise _refusal(scope, amount)
 
     def settle(self, reservation: Reservation, actual_usd: float) -> Scope | None:
         """Replace the reservation by the actual cost.
@@ -173,8 +212,10 @@ class Ledger:
                     if not scope.overran:
                         scope.overran = True
                         scope._mark_exceeded()
-                    if scope.on_exceed == ON_EXCEED_RAISE:
+                    if scope.on_exceed != ON_EXCEED_RECORD:
                         over = scope
+        if reservation.holds is not None:
+            reservation.holds.settle(actual_usd)
         return over
 
     def release(self, reservation: Reservation) -> None:
@@ -184,10 +225,25 @@ class Ledger:
                 reservation.open = False
                 for scope in reservation.chain:
                     scope.reserved_usd -= reservation.amount
+        if reservation.holds is not None:
+            reservation.holds.release()
 
     def charge(self, chain: Chain, amount: float) -> None:
         """Add the cost of a call that was not reserved (spans of other instrumentations)."""
         self.settle(Reservation(chain, 0.0), amount)
+
+
+def _refusing(chain: Chain, amount: float, unknown: bool) -> tuple[Scope, bool] | None:
+    """The first scope of ``chain`` that refuses the call, and whether for an unknown price."""
+    for scope in chain:
+        if unknown and scope.unknown_model == UNKNOWN_MODEL_REFUSE:
+            return scope, True
+        budget = scope.budget_usd
+        if budget is None:
+            continue
+        if scope.spent_usd + scope.reserved_usd + amount > budget + _EPSILON or scope.spent_usd >= budget:
+            return scope, False
+    return None
 
 
 def _refusal(scope: Scope, requested_usd: float | None) -> BudgetExceededError:
@@ -243,6 +299,7 @@ class BudgetSpanProcessor(SpanProcessor):
         self._pricebook = pricebook
         # span id -> (chain, monotonic start); insertion order is start order (eviction scans the front)
         self._chains: dict[int, tuple[Chain, float]] = {}
+        self.limits = None  # limits.LimitEngine when spend limits are configured
         self._starts = 0
         self._evict_lock = threading.Lock()
 
@@ -327,12 +384,34 @@ class BudgetSpanProcessor(SpanProcessor):
                 chain = (joined, self._nested_scope(span, attrs, budget, (joined,)))
             else:
                 chain = (joined,)
+        if opens_scope or parent_entry is None:
+            self._scope_attributes(chain, attrs, parent_context, fresh=parent_entry is None)
         execution = chain[0]
         span.set_attributes({A.WFLO_EXECUTION_ID: execution.execution_id, A.WFLO_WORKFLOW_NAME: execution.name})
         self._chains[span_id] = (chain, time.monotonic())
         self._starts += 1
         if self._starts % _EVICT_EVERY == 0:
             self.evict_expired()
+
+    def _scope_attributes(self, chain: Chain, attrs, parent_context: Context | None, fresh: bool) -> None:
+        """Give a new scope what spend limits match by: its parent's attributes, the baggage an
+        upstream service sent (``fresh``: every scope of the chain is new), and its span's
+        attributes the limits read. Only when limits are configured; a scope then costs one small dict."""
+        limits = self.limits
+        if limits is None:
+            return
+        inherited = dict(chain[-2].attributes) if len(chain) > 1 else {}
+        if fresh:
+            for name, value in baggage.get_all(parent_context).items():
+                if not name.startswith("wflo."):
+                    inherited[name] = value
+        for name in limits.attribute_names:
+            value = attrs.get(name)
+            if value is not None:
+                inherited[name] = value
+        if inherited:
+            for scope in chain if fresh else chain[-1:]:
+                scope.attributes = inherited
 
     def _nested_scope(self, span: Span, attrs, budget: float | None, parent_chain: Chain) -> Scope:
         inner = parent_chain[-1]
@@ -370,7 +449,7 @@ class BudgetSpanProcessor(SpanProcessor):
         if not execution_id:
             # A plain root span: the trace is the execution (as the ingest service sees it).
             execution_id = format(span.context.trace_id, "032x") if span.parent is None else uuid.uuid4().hex
-        name = attrs.get(A.GEN_AI_WORKFLOW_NAME) or span.name
+        name = attrs.get(A.GEN_AI_WORKFLOW_NAME) or (is_llm_call(attrs) and _service_name(span)) or span.name
         if budget is None:
             budget = self.default_budget_usd
             if budget is not None:
@@ -405,6 +484,17 @@ class BudgetSpanProcessor(SpanProcessor):
             self.ledger.charge(chain, cost.usd)
 
 
+def _service_name(span: Span) -> str | None:
+    """What a call with no parent span is an execution of: the service that made it.
+
+    Named after the call (``chat gpt-4o-mini``), every model would be a workflow of
+    its own and a zero-code run's executions would not read as the program's.
+    """
+    resource = getattr(span, "resource", None)
+    name = resource.attributes.get("service.name") if resource is not None else None
+    return name if isinstance(name, str) and name else None
+
+
 def _as_budget(value) -> float | None:
     if value is None:
         return None
@@ -419,7 +509,7 @@ def _as_budget(value) -> float | None:
     return budget if budget >= 0 else None
 
 
-_ON_EXCEED = (ON_EXCEED_RAISE, ON_EXCEED_RECORD)
+_ON_EXCEED = (ON_EXCEED_RAISE, ON_EXCEED_RECORD, ON_EXCEED_APPROVE)
 _UNKNOWN_MODEL = (UNKNOWN_MODEL_ALLOW, UNKNOWN_MODEL_REFUSE)
 
 

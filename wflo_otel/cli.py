@@ -512,8 +512,21 @@ def register_serve(commands: Commands) -> None:
     serve.set_defaults(func=lambda args: ingest.run(args, args.database_url))
 
 
+def register_controls(commands: Commands) -> None:
+    from .controls.cli import register_approvals, register_checkpoints
+
+    register_approvals(commands)
+    register_checkpoints(commands)
+
+
 # One registration function per command group, in the order --help lists them.
-COMMAND_GROUPS = [register_db, register_report, register_spool, register_serve, register_demo]
+def register_limits(commands: Commands) -> None:
+    from .limits_cli import register_limits as register
+
+    register(commands)
+
+
+COMMAND_GROUPS = [register_db, register_report, register_limits, register_spool, register_serve, register_controls, register_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

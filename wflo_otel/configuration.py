@@ -29,6 +29,7 @@ from .budget import (
     set_active_processor,
 )
 from .pricing import PriceBook
+from .sampling import keep_budgets_when_sampled_out
 from .settings import ENV_DEFAULT_BUDGET, ENV_DEFAULT_OUTPUT_TOKENS, env_float, env_int, pricebook_for
 
 _log = logging.getLogger(__name__)
@@ -115,6 +116,9 @@ class Handle:
             self.slot.shutdown()
             if self.owns_budget:
                 set_active_processor(None)
+                engine, self.budget_processor.limits = self.budget_processor.limits, None
+                if engine is not None:
+                    engine.close()  # report the spend, give back the unused leases
             with _lock:
                 if _handle is self:
                     _handle = None
@@ -146,6 +150,8 @@ def configure(
     service_name: str | None = None,
     instrument_openai: bool = True,
     http_spans: bool | None = None,
+    limits: Sequence[Any] | None = None,
+    alerts: Any = None,
 ) -> Handle:
     """Set up tracing, budgets, export to SQL and OpenAI instrumentation; return the handle.
 
@@ -154,11 +160,20 @@ def configure(
     ``batch=False`` exports each span as it ends (handy in scripts and tests).
     ``propagate_budget`` installs the W3C baggage propagator that carries the budget
     scope to downstream services (unless ``OTEL_PROPAGATORS`` is set).
+    The provider's sampler is wrapped so a trace it drops is still recorded, and so
+    budgeted, though not exported (``wflo_otel.sampling``).
     ``default_service_tier`` (or ``$WFLO_DEFAULT_SERVICE_TIER``): the tier OpenAI serves
     your project's requests that name none, so their reservation is at its prices
     instead of the model's most expensive tier's.
     ``http_spans`` (or ``$WFLO_HTTP_SPANS``): a span per HTTP attempt under each LLM call.
+    ``limits`` (``wflo_otel.SpendLimit``, else ``$WFLO_LIMITS_FILE``): spend limits per key
+    and period, shared by every process through ``database_url``'s database;
+    ``alerts`` (``wflo_otel.Alerts``): where their thresholds are reported
+    (docs/spend-limits.md).
     """
+    from .limits_config import build_engine, resolve
+
+    limits, alerts = resolve(limits, alerts)  # a bad limit fails here, before anything is set up
     global _handle
     with _lock:
         if _handle is not None:
@@ -180,6 +195,8 @@ def configure(
                     instrument_openai=instrument_openai is not True,
                     http_spans=http_spans is not None,
                 )
+                if limits and adopted.budget_processor.limits is None:
+                    adopted.budget_processor.limits = build_engine(limits, alerts, database_url, meter_provider=meter_provider)
                 _handle = adopted
                 return adopted
         pricebook = pricebook_for(prices_file)
@@ -190,7 +207,10 @@ def configure(
             scope_ttl_s=scope_ttl_s,
             pricebook=pricebook,
         )
+        if limits:
+            budget.limits = build_engine(limits, alerts, database_url, meter_provider=meter_provider)
         provider = _provider(tracer_provider, service_name)
+        keep_budgets_when_sampled_out(provider)  # a trace the sampler drops is still budgeted
         span_exporter = _exporter(exporter, database_url, pricebook)
         span_processor = None
         if span_exporter is not None:

@@ -12,6 +12,11 @@ class BudgetExceededError(Exception):
     when the call was refused because its model has no known price and the scope
     says ``unknown_model="refuse"``; ``budget_usd`` is then None if the scope has
     no budget.
+
+    A refusal by a spend limit (``wflo_otel.SpendLimit``) names it: ``limit`` (its name),
+    ``key`` (the value it is partitioned by, "" when unkeyed) and ``period_start`` (UTC
+    datetime); ``budget_usd`` is then the limit's amount and ``spent_usd`` the period's
+    spend as known. ``unavailable`` says why when the limit's database was unreachable.
     """
 
     def __init__(
@@ -25,6 +30,10 @@ class BudgetExceededError(Exception):
         requested_usd: float | None = None,
         refused: bool = False,
         unknown_price: bool = False,
+        limit: str | None = None,
+        key: str | None = None,
+        period_start=None,
+        unavailable: str | None = None,
     ) -> None:
         self.spent_usd = spent_usd
         self.budget_usd = budget_usd
@@ -34,9 +43,15 @@ class BudgetExceededError(Exception):
         self.requested_usd = requested_usd
         self.refused = refused
         self.unknown_price = unknown_price
+        self.limit = limit
+        self.key = key
+        self.period_start = period_start
+        self.unavailable = unavailable
         super().__init__(self._message())
 
     def _message(self) -> str:
+        if self.limit is not None:
+            return self._limit_message()
         scope = f"workflow {self.workflow!r}" if self.workflow else "budget scope"
         if self.execution_id:
             scope += f" (execution {self.execution_id})"
@@ -53,6 +68,19 @@ class BudgetExceededError(Exception):
             f"{scope}: spent ${self.spent_usd:.6f} exceeds budget ${self.budget_usd or 0.0:.6f}"
         )
 
+    def _limit_message(self) -> str:
+        where = f"spend limit {self.limit!r}" + (f" (key {self.key!r})" if self.key else "")
+        period = f" for the period from {self.period_start.isoformat()}" if self.period_start is not None else ""
+        if self.unavailable:
+            return f"{where}{period}: refused before sending — its database is unavailable ({self.unavailable})"
+        remaining = max((self.budget_usd or 0.0) - self.spent_usd - self.reserved_usd, 0.0)
+        need = f"${self.requested_usd:.6f}" if self.requested_usd is not None else "a call"
+        return (
+            f"{where}{period}: refused before sending — worst case {need} does not fit "
+            f"${self.budget_usd or 0.0:.6f} (spent ${self.spent_usd:.6f}, in flight ${self.reserved_usd:.6f}, "
+            f"remaining about ${remaining:.6f})"
+        )
+
     def __reduce__(self):  # keep the error picklable (multiprocessing, task queues)
         return (
             _rebuild,
@@ -65,11 +93,18 @@ class BudgetExceededError(Exception):
                 self.requested_usd,
                 self.refused,
                 self.unknown_price,
+                self.limit,
+                self.key,
+                self.period_start,
+                self.unavailable,
             ),
         )
 
 
-def _rebuild(spent, budget, workflow, execution_id, reserved, requested, refused, unknown_price=False):
+def _rebuild(
+    spent, budget, workflow, execution_id, reserved, requested, refused, unknown_price=False,
+    limit=None, key=None, period_start=None, unavailable=None,
+):
     return BudgetExceededError(
         spent,
         budget,
@@ -79,6 +114,10 @@ def _rebuild(spent, budget, workflow, execution_id, reserved, requested, refused
         requested_usd=requested,
         refused=refused,
         unknown_price=unknown_price,
+        limit=limit,
+        key=key,
+        period_start=period_start,
+        unavailable=unavailable,
     )
 
 

@@ -487,7 +487,7 @@ class PriceBook:
             return override
         found = self._find_model(model, provider)
         if found is None:  # a name genai-prices does not know: its dated base's override, if any
-            return self._overrides.get(_DATE_SUFFIX.sub("", key)) or _UNKNOWN_ENTRY
+            return self._overrides.get(_DATE_SUFFIX.sub("", key)) or _unknown_model(model)
         provider, info = found
         # The model genai-prices resolves the name to: an override of ``gpt-4o`` prices the
         # snapshots it resolves to ``gpt-4o``, not ``gpt-4o-2024-05-13``, listed at its own price.
@@ -561,6 +561,39 @@ def provider_name(provider: str | None) -> str:
     if provider is None:
         return "openai"
     return _SEMCONV_PROVIDER_NAMES.get(provider, provider)
+
+
+# Model names already warned about (bounded: a proxy inventing names must not grow it forever).
+_MAX_WARNED_MODELS = 256
+_WARNED_NAME_CHARS = 200
+_warned_models: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _unknown_model(model: str) -> _UnknownPrice:
+    """The unknown entry, after saying so once per model name and process.
+
+    An unknown model costs nothing as far as budgets know, so a typo or a new model
+    would otherwise pass every budget without a word. Each name is resolved once per
+    book (then cached), and warned about once per process (a dated snapshot as its
+    undated name); after the first
+    ``_MAX_WARNED_MODELS`` names, one last line says the rest are not named.
+    """
+    name = model[:_WARNED_NAME_CHARS]
+    key = _DATE_SUFFIX.sub("", name.lower())  # the request's model and the response's dated snapshot are one
+    with _warned_lock:
+        if key in _warned_models or len(_warned_models) >= _MAX_WARNED_MODELS:
+            return _UNKNOWN_ENTRY
+        _warned_models.add(key)
+        last = len(_warned_models) == _MAX_WARNED_MODELS
+    _log.warning(
+        "wflo-otel: no price for model %r: its calls are recorded without a cost and count as $0 against "
+        "budgets; add its price with WFLO_PRICES_FILE (or refuse such calls: unknown_model=\"refuse\")",
+        name,
+    )
+    if last:
+        _log.warning("wflo-otel: %d models without a price named; further ones are not", _MAX_WARNED_MODELS)
+    return _UNKNOWN_ENTRY
 
 
 def _price_context(provider: Provider, model: ModelInfo, service_tier: str | None) -> PriceContext | None:

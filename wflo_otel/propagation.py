@@ -43,6 +43,8 @@ def with_scope_baggage(context: Optional[Context] = None) -> Context | None:
     execution = chain[0]
     context = baggage.set_baggage(BAGGAGE_EXECUTION_ID, execution.execution_id, context)
     context = baggage.set_baggage(BAGGAGE_WORKFLOW_NAME, execution.name, context)
+    for name, value in chain[-1].attributes.items():  # workflow(..., attributes=): what limits match by
+        context = baggage.set_baggage(name, str(value), context)
     remaining = _remaining(chain)
     if remaining is not None:
         context = baggage.set_baggage(BAGGAGE_REMAINING_USD, f"{remaining:.12g}", context)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .options import DEFAULT_HOST, DEFAULT_PORT, add_arguments, run
+from .options import DEFAULT_HOST, DEFAULT_PORT, IngestLimits, OptionError, add_arguments, run
 
 _LAZY = {
     "IngestService": ".server",
@@ -25,7 +25,7 @@ _LAZY = {
     "Unavailable": ".writer",
 }
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "add_arguments", "run", *_LAZY]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "IngestLimits", "OptionError", "add_arguments", "run", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,14 @@ Collector's ``otlphttp`` exporter — or any SDK's OTLP/HTTP exporter — can fe
   or encodings, ``429`` when too much is queued and ``503`` while the database is
   down or the service shuts down — both with ``Retry-After`` — each with a
   ``google.rpc.Status`` body;
-* ``GET /health``: ``200`` when the database takes writes, else ``503``.
+* ``408`` when a body does not arrive within the body timeout, ``429`` with
+  ``Retry-After`` when the decompressed bytes in flight across requests would pass
+  their bound, ``503`` to a connection past the connection cap (``limits.py``;
+  docs/ingest-limits.md);
+* ``GET /health``: ``200`` when the database takes writes, else ``503``; it reports
+  the bounds' current use;
+* ``/v1/approvals``: list and decide approval requests (``approvals_api``), behind
+  the same token.
 
 Built on aiohttp. One writer task per process coalesces concurrent requests into
 larger transactions (``writer.BatchWriter``). The service never logs span
@@ -36,6 +43,7 @@ import sys
 import threading
 import traceback
 import zlib
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -44,12 +52,23 @@ from ..exporters import otlp
 from ..exporters.store import DEFAULT_DATABASE_URL, SpanStore
 from ..settings import ENV_DATABASE_URL
 from ..settings import database_url as resolve_database_url
-from .options import DEFAULT_HOST, DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, ENV_TOKEN, add_arguments
+from .approvals_api import ApprovalRoutes
+from .limits import (
+    BudgetFull,
+    ByteBudget,
+    ConnectionGuard,
+    Reservation,
+    ThrottledLoopErrors,
+    connection_of,
+    fit_fd_limit,
+)
+from .options import DEFAULT_HOST, DEFAULT_PORT, ENV_TOKEN, IngestLimits, ServeOptions, add_arguments
 from .writer import BatchWriter, Overloaded, Unavailable, describe
 
 _log = logging.getLogger("wflo_otel.ingest")
 
 
+_INFLATE_STEP = 1 << 20  # bytes inflated (and reserved) at a time
 _PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf"})
 _JSON_TYPES = frozenset({"application/json"})
 
@@ -101,7 +120,9 @@ def _quiet_drivers() -> None:
 class IngestService:
     """The OTLP/HTTP receiver. ``await start()`` / ``await stop()``, or ``run_in_thread()``.
 
-    ``port=0`` picks a free port; ``.port`` tells which once started.
+    ``port=0`` picks a free port; ``.port`` tells which once started. ``limits`` bounds
+    memory, connections and time per client (``IngestLimits``; ``max_body_bytes``, when
+    given, overrides its body bound). An empty ``token`` is a ``ValueError``, never "no auth".
     """
 
     def __init__(
@@ -111,7 +132,8 @@ class IngestService:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         token: str | None = None,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: int | None = None,
+        limits: IngestLimits | None = None,
         max_batch_spans: int = 5000,
         max_pending_spans: int = 100_000,
         shutdown_timeout_s: float = 30.0,
@@ -121,8 +143,19 @@ class IngestService:
         self.database_url = resolve_database_url(database_url)
         self.host = host
         self.port = port
-        self.token = token.encode("utf-8") if token else None
-        self.max_body_bytes = max_body_bytes
+        if token is not None and not token.strip():
+            raise ValueError("the ingest token is empty: give a token, or None to serve without one")
+        self.token = token.encode("utf-8") if token is not None else None
+        limits = limits or IngestLimits()
+        if max_body_bytes is not None:
+            inflight = max(limits.max_inflight_bytes, max_body_bytes)
+            limits = replace(limits, max_body_bytes=max_body_bytes, max_inflight_bytes=inflight)
+        self.limits = limits
+        self.max_body_bytes = limits.max_body_bytes
+        self.budget = ByteBudget(limits.max_inflight_bytes)
+        self.guard = ConnectionGuard(limits)
+        self._listener: asyncio.AbstractServer | None = None
+        self._previous_handler: Any = None
         self.max_batch_spans = max_batch_spans
         self.max_pending_spans = max_pending_spans
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -136,6 +169,7 @@ class IngestService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self.requests = 0
+        self._approvals: ApprovalRoutes | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -167,24 +201,39 @@ class IngestService:
         self.writer.start()
         _quiet_drivers()
 
-        app = web.Application()
+        app = web.Application(middlewares=[_track_requests])
         app.router.add_post("/v1/traces", self._traces)
         app.router.add_get("/health", self._health)
+        self._approvals = ApprovalRoutes(self.database_url, self._token_ok)
+        self._approvals.add_to(app)
         self._runner = web.AppRunner(
             app,
             access_log=None,
             auto_decompress=False,  # we decompress ourselves, streamed and capped
             handle_signals=False,
             shutdown_timeout=self.shutdown_timeout_s,
+            keepalive_timeout=self.limits.idle_timeout_s,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_port=self.reuse_port or None, backlog=1024)
+        loop = asyncio.get_running_loop()
+        self.guard.max_connections = fit_fd_limit(self.limits.max_connections)
         try:
-            await site.start()
+            # Our own listener (not a TCPSite), so every connection goes through the guard.
+            self._listener = await loop.create_server(
+                self.guard.factory(self._runner.server),  # type: ignore[arg-type]
+                self.host,
+                self.port,
+                reuse_port=self.reuse_port or None,
+                backlog=1024,
+            )
         except BaseException:  # e.g. the port is taken: release what start() took
             await self.stop()
             raise
-        sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
+        self.guard.start()
+        if loop.get_exception_handler() is None:
+            self._previous_handler = loop.get_exception_handler()
+            loop.set_exception_handler(ThrottledLoopErrors(self.limits.log_interval_s))
+        sockets = self._listener.sockets
         if sockets and self.port == 0:
             self.port = sockets[0].getsockname()[1]
         if not _is_loopback(self.host) and self.token is None:
@@ -194,13 +243,24 @@ class IngestService:
     async def stop(self) -> None:
         """Stop taking requests, finish the ones in flight, write everything queued, close."""
         self._closing = True
+        if self._listener is not None:
+            self._listener.close()  # stop listening
         if self._runner is not None:
-            await self._runner.cleanup()  # stops listening, waits for in-flight handlers
+            await self._runner.cleanup()  # waits for in-flight handlers, closes connections
             self._runner = None
+        await self.guard.stop()
+        if self._listener is not None:
+            self._listener = None
+            loop = asyncio.get_running_loop()
+            if isinstance(loop.get_exception_handler(), ThrottledLoopErrors):
+                loop.set_exception_handler(self._previous_handler)
         if self.writer is not None:
             await self.writer.close()
         if self.store is not None:
             await self.store.dispose()
+        if self._approvals is not None:
+            self._approvals.close()
+            self._approvals = None
 
     async def serve_until(self, stop: asyncio.Event) -> None:
         await self.start()
@@ -267,6 +327,13 @@ class IngestService:
             "written_spans": writer.written_spans if writer else 0,
             "rejected_spans": writer.rejected_spans if writer else 0,
             "transactions": writer.transactions if writer else 0,
+            "limits": {
+                "inflight_bytes": self.budget.used,
+                "max_inflight_bytes": self.budget.limit,
+                "peak_inflight_bytes": self.budget.peak,
+                "inflight_refusals": self.budget.refusals,
+                **self.guard.snapshot(),
+            },
         }
         return web.json_response(body, status=200 if state == "ok" else 503)
 
@@ -303,7 +370,21 @@ class IngestService:
         except Overloaded as exc:
             raise _Reject(429, "too much queued; retry later", retry_after=exc.retry_after) from None
 
-        body = await self._read_body(request, gzip=encoding in ("gzip", "x-gzip"))
+        with self.budget.reservation() as reservation:  # held until the request is answered
+            return await self._accept(request, writer, reservation, encoding, as_json)
+
+    async def _accept(
+        self, request: web.Request, writer: BatchWriter, reservation: Reservation, encoding: str, as_json: bool
+    ) -> web.StreamResponse:
+        """Read, decode and commit one request, its decompressed bytes held in ``reservation``."""
+        try:
+            body = await asyncio.wait_for(
+                self._read_body(request, reservation, gzip=encoding in ("gzip", "x-gzip")), self.limits.body_timeout_s
+            )
+        except asyncio.TimeoutError:
+            raise _Reject(408, f"body not received within {self.limits.body_timeout_s:g}s", close=True) from None
+        except BudgetFull:
+            raise _Reject(429, "too many bytes in flight; retry later", retry_after=1, close=True) from None
         try:
             message = otlp.decode_json(body) if as_json else otlp.decode_protobuf(body)
         except otlp.OTLPDecodeError as exc:
@@ -328,6 +409,10 @@ class IngestService:
             content_type="application/json" if as_json else "application/x-protobuf",
         )
 
+    def _token_ok(self, request: web.Request) -> bool:
+        """The bearer token check of every route but /health (true when the service has no token)."""
+        return self.token is None or self._authorized(request)
+
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
         scheme, _, credentials = header.partition(" ")
@@ -335,8 +420,12 @@ class IngestService:
             return False
         return hmac.compare_digest(credentials.strip().encode("utf-8", "replace"), self.token or b"")
 
-    async def _read_body(self, request: web.Request, *, gzip: bool) -> bytes:
-        """The body, decompressed as it streams in, never more than ``max_body_bytes``."""
+    async def _read_body(self, request: web.Request, reservation: Reservation, *, gzip: bool) -> bytearray:
+        """The body, decompressed as it streams in, never more than ``max_body_bytes``.
+
+        Every piece is reserved in ``reservation`` before it is inflated (``BudgetFull`` past
+        the in-flight bound), so a gzip bomb costs the budget, not the process's memory.
+        """
         limit = self.max_body_bytes
         too_large = _Reject(413, f"request body over {limit} bytes", close=True)
         length = request.content_length
@@ -354,22 +443,39 @@ class IngestService:
                 if received > limit:
                     raise too_large
                 if inflater is None:
+                    reservation.grow_to(len(out) + len(chunk))
                     out += chunk
                     continue
                 while chunk:
                     if inflater.eof:  # another gzip member follows (RFC 1952 allows several)
                         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                    out += inflater.decompress(chunk, limit + 1 - len(out))
-                    if len(out) > limit or inflater.unconsumed_tail:
+                    step = min(_INFLATE_STEP, limit + 1 - len(out))
+                    reservation.grow_to(len(out) + step)
+                    out += inflater.decompress(chunk, step)
+                    if len(out) > limit:
                         raise too_large
-                    chunk = inflater.unused_data if inflater.eof else b""
+                    chunk = inflater.unconsumed_tail or (inflater.unused_data if inflater.eof else b"")
         except zlib.error:
             raise _Reject(400, "body is not valid gzip", close=True) from None
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise _Reject(400, f"body ended early ({type(exc).__name__})", close=True) from None
         if inflater is not None and not inflater.eof:
             raise _Reject(400, "gzip body is truncated", close=True)
-        return bytes(out)
+        reservation.shrink_to(len(out))
+        return out
+
+
+@web.middleware
+async def _track_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Tell the connection guard a request's headers are in: from here the handler times it."""
+    connection = connection_of(request.transport)
+    if connection is None:
+        return await handler(request)
+    connection.request_started()
+    try:
+        return await handler(request)
+    finally:
+        connection.request_ended()
 
 
 def _error(reject: _Reject, as_json: bool) -> web.Response:
@@ -378,7 +484,7 @@ def _error(reject: _Reject, as_json: bool) -> web.Response:
         headers["Retry-After"] = str(reject.retry_after)
     if reject.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="wflo-otel"'
-    grpc_code = {400: 3, 401: 16, 413: 8, 415: 3, 429: 8, 503: 14}.get(reject.status, 13)
+    grpc_code = {400: 3, 401: 16, 408: 4, 413: 8, 415: 3, 429: 8, 503: 14}.get(reject.status, 13)
     response = web.Response(
         status=reject.status,
         body=otlp.encode_status(grpc_code, reject.message, as_json=as_json),
@@ -408,32 +514,35 @@ def _pricebook():
 # --------------------------------------------------------------------------- command line
 
 
-_SERVE_OPTIONS = ("host", "port", "token", "max_body_mb", "max_batch_spans", "max_pending_spans")
-
-
 def _configure_logging(fmt: str) -> None:
     logging.basicConfig(level=logging.INFO, format=fmt)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
-def run(args: argparse.Namespace, database_url: str | None = None) -> int:
-    """Run the service until SIGTERM/SIGINT; print the address it listens on first."""
+def serve(options: ServeOptions, database_url: str | None = None) -> int:
+    """Run the service with checked ``options`` until SIGTERM/SIGINT; print the address first."""
     _configure_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    workers = max(1, getattr(args, "workers", 1))
-    if workers > 1:
-        return _run_workers(args, database_url, workers)
-    return asyncio.run(_serve(args, database_url, reuse_port=False))
+    if options.workers > 1:
+        return _run_workers(options, database_url)
+    return asyncio.run(_serve(options, database_url, reuse_port=False))
 
 
-async def _serve(args: argparse.Namespace, database_url: str | None, *, reuse_port: bool) -> int:
+def run(args: argparse.Namespace, database_url: str | None = None) -> int:
+    """``serve`` from parsed arguments: checked first (``options.run``), a bad one exits 2."""
+    from .options import run as run_checked
+
+    return run_checked(args, database_url)
+
+
+async def _serve(options: ServeOptions, database_url: str | None, *, reuse_port: bool) -> int:
     service = IngestService(
         database_url,
-        host=args.host,
-        port=args.port,
-        token=args.token,
-        max_body_bytes=int(args.max_body_mb * 2**20),
-        max_batch_spans=args.max_batch_spans,
-        max_pending_spans=args.max_pending_spans,
+        host=options.host,
+        port=options.port,
+        token=options.token,
+        limits=options.limits,
+        max_batch_spans=options.max_batch_spans,
+        max_pending_spans=options.max_pending_spans,
         reuse_port=reuse_port,
     )
     stop = asyncio.Event()
@@ -446,7 +555,8 @@ async def _serve(args: argparse.Namespace, database_url: str | None, *, reuse_po
     try:
         await service.start()
     except OSError as exc:
-        print(f"wflo-otel serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{options.host}:{options.port}"
+        print(f"wflo-otel serve: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     from sqlalchemy.engine import make_url
 
@@ -467,13 +577,10 @@ async def _serve(args: argparse.Namespace, database_url: str | None, *, reuse_po
     return 0
 
 
-def _run_workers(args: argparse.Namespace, database_url: str | None, workers: int) -> int:
+def _run_workers(options: ServeOptions, database_url: str | None) -> int:
     """Several processes on one port (SO_REUSEPORT): decoding and mapping use every core."""
     import multiprocessing
 
-    if args.port == 0:
-        print("wflo-otel serve: --workers needs an explicit --port", file=sys.stderr)
-        return 2
     # Migrate once here, so the workers do not race each other over the schema.
     store = SpanStore(resolve_database_url(database_url))
 
@@ -488,9 +595,8 @@ def _run_workers(args: argparse.Namespace, database_url: str | None, workers: in
     except Exception as exc:
         _log.warning("wflo-otel ingest: could not migrate the schema yet (%s); the workers will retry", describe(exc))
     context = multiprocessing.get_context("spawn")
-    options = argparse.Namespace(**{k: getattr(args, k) for k in _SERVE_OPTIONS})  # picklable, for spawn
     processes = [
-        context.Process(target=_worker_main, args=(options, database_url), daemon=False) for _ in range(workers)
+        context.Process(target=_worker_main, args=(options, database_url), daemon=False) for _ in range(options.workers)
     ]
     for process in processes:
         process.start()
@@ -509,9 +615,9 @@ def _run_workers(args: argparse.Namespace, database_url: str | None, workers: in
     return code
 
 
-def _worker_main(args: argparse.Namespace, database_url: str | None) -> None:
+def _worker_main(options: ServeOptions, database_url: str | None) -> None:
     _configure_logging("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    sys.exit(asyncio.run(_serve(args, database_url, reuse_port=True)))
+    sys.exit(asyncio.run(_serve(options, database_url, reuse_port=True)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -522,4 +628,4 @@ def main(argv: list[str] | None = None) -> int:
     return run(args, args.database_url)
 
 
-__all__ = ["IngestService", "add_arguments", "run", "main"]
+__all__ = ["IngestService", "add_arguments", "run", "serve", "main"]

@@ -24,6 +24,7 @@ from ...errors import BudgetExceededError
 from ...errors import error_type as error_type_of
 from ...metrics import GenAIMetrics
 from ...pricing import PriceBook, provider_for_url, provider_name
+from ...redaction import exception_attributes
 from .parsing import (
     CHAT,
     MAX_RESERVED_TOKENS,
@@ -270,8 +271,9 @@ class LLMCall:
             if self.attempts:
                 attrs[A.WFLO_HTTP_ATTEMPTS] = self.attempts
             span.set_attributes(attrs)
-            span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
-            span.record_exception(exc)
+            recorded = exception_attributes(exc, self.tel.capture_content)  # no key, no echoed prompt
+            span.set_status(Status(StatusCode.ERROR, recorded["exception.message"][:500]))
+            span.record_exception(exc, attributes=recorded)
             if self.reservation is not None:
                 if billed:
                     self._settle(cost_usd)  # an overrun is recorded on the scope; the original error propagates
@@ -403,8 +405,9 @@ def begin(tel: Telemetry, operation: str, instance: Any, kwargs: dict[str, Any],
     if processor is not None:
         chain = processor.chain_of(span.get_span_context().span_id)
         if chain:
-            if any(scope.enforces for scope in chain):
-                _reserve(call, processor, chain, kwargs, shape.has_output)
+            limits = processor.limits.match(attributes, chain) if processor.limits is not None else ()
+            if limits or any(scope.enforces for scope in chain):
+                _reserve(call, processor, chain, kwargs, shape.has_output, limits)
             else:  # nothing to enforce, but the scopes still account what they spend
                 call.reservation = Reservation(chain, 0.0)
     return call
@@ -453,7 +456,9 @@ def _names_tier(kwargs: Mapping[str, Any]) -> bool:
     return isinstance(tier, str) and tier != "auto"
 
 
-def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any], has_output: bool = True) -> None:
+def _reserve(
+    call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[str, Any], has_output: bool = True, limits=()
+) -> None:
     try:
         amount = _worst_case(call, kwargs, has_output)
     except Exception:  # a request we cannot read still goes out, traced; the default ceiling is held for it
@@ -463,9 +468,16 @@ def _reserve(call: LLMCall, processor: BudgetSpanProcessor, chain, kwargs: dict[
         )
     try:
         call.reservation = processor.ledger.reserve(chain, amount)
+        if limits:
+            try:
+                call.reservation.holds = processor.limits.reserve(limits, amount, call.span)
+            except BaseException:
+                processor.ledger.release(call.reservation)
+                call.reservation = None
+                raise
     except BudgetExceededError as exc:
         call.span.set_attribute(A.WFLO_BUDGET_REFUSED, True)
-        if call.tel.metrics is not None:
+        if call.tel.metrics is not None and exc.limit is None:  # a limit's refusals: wflo.limit.refusals
             call.tel.metrics.record_budget_event(exc.workflow or "", "refused")
         call.fail(exc)
         raise
