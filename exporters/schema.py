@@ -124,3 +124,23 @@ sa.Index(
     sqlite_where=sa.text(PROBLEM),
 )
 
+
+# Revision 0006: hourly rollups of the LLM steps, kept by the store in the transaction that
+# inserts them (``rollups.py``). The dashboard reads these for anything over a time window.
+cost_rollup_hourly = sa.Table(
+    "cost_rollup_hourly",
+    metadata,
+    sa.Column("hour", Timestamp, primary_key=True),
+    sa.Column("workflow_id", sa.String(255), primary_key=True),
+    sa.Column("model", sa.String(255), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("tenant", sa.String(255), primary_key=True),
+    sa.Column("calls", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("refusals", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("errors", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("cache_read_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("reasoning_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("cost_usd", sa.Double, nullable=False, server_default=sa.text("0")),
+)
