@@ -125,22 +125,20 @@ sa.Index(
 )
 
 
-# Revision 0006: hourly rollups of the LLM steps, kept by the store in the transaction that
+# Revision 0006: rollups of the LLM steps, kept by the store in the transaction that
 # inserts them (``rollups.py``). The dashboard reads these for anything over a time window.
-cost_rollup_hourly = sa.Table(
-    "cost_rollup_hourly",
-    metadata,
-    sa.Column("hour", Timestamp, primary_key=True),
-    sa.Column("workflow_id", sa.String(255), primary_key=True),
-    sa.Column("model", sa.String(255), primary_key=True),
-    sa.Column("status", sa.String(16), primary_key=True),
-    sa.Column("tenant", sa.String(255), primary_key=True),
-    sa.Column("calls", sa.BigInteger, nullable=False, server_default=sa.text("0")),
-    sa.Column("refusals", sa.BigInteger, nullable=False, server_default=sa.text("0")),
-    sa.Column("errors", sa.BigInteger, nullable=False, server_default=sa.text("0")),
-    sa.Column("input_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
-    sa.Column("output_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
-    sa.Column("cache_read_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
-    sa.Column("reasoning_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
-    sa.Column("cost_usd", sa.Double, nullable=False, server_default=sa.text("0")),
-)
+def _rollup_table(name: str, key: tuple[tuple[str, sa.types.TypeEngine], ...]) -> sa.Table:
+    counts = ("calls", "refusals", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
+    return sa.Table(
+        name,
+        metadata,
+        *(sa.Column(column, type_, primary_key=True) for column, type_ in key),
+        *(sa.Column(column, sa.BigInteger, nullable=False, server_default=sa.text("0")) for column in counts),
+        sa.Column("cost_usd", sa.Double, nullable=False, server_default=sa.text("0")),
+    )
+
+
+_WORKFLOW_MODEL_STATUS = (("workflow_id", sa.String(255)), ("model", sa.String(255)), ("status", sa.String(16)))
+cost_rollup_hourly = _rollup_table("cost_rollup_hourly", (("hour", Timestamp), *_WORKFLOW_MODEL_STATUS))
+cost_rollup_daily = _rollup_table("cost_rollup_daily", (("day", Timestamp), *_WORKFLOW_MODEL_STATUS))
+cost_rollup_tenant_daily = _rollup_table("cost_rollup_tenant_daily", (("day", Timestamp), ("tenant", sa.String(255))))

@@ -55,10 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from .checkpoint import BACKSTOP_PAGES, WalCheckpointer, database_path
 from .mapping import RowBatch
-from .rollups import PG_UPSERT_SQL as _PG_ROLLUP_SQL
-from .rollups import SQLITE_UPSERT_SQL as _SQLITE_ROLLUP_SQL
-from .rollups import COLUMNS as _ROLLUP_COLUMNS
-from .rollups import rollup_rows, tenant_of
+from .rollups import Rollup, rollup_rows, tenant_of
 from .schema import step_executions, workflow_definitions, workflow_executions
 
 _log = logging.getLogger(__name__)
@@ -435,8 +432,10 @@ _EXECUTION, _KIND, _ERROR, _COST, _INPUT, _OUTPUT = (
 _STEP_POSITIONS = {name: i for i, name in enumerate(STEP_COLUMN_NAMES)}
 
 
-async def _rollup_rows(batch: RowBatch, inserted: list[tuple], new_executions: list[tuple], lookup, *, sqlite: bool) -> list[tuple]:
-    """The ``cost_rollup_hourly`` additions of the step rows this transaction inserted.
+async def _rollup_rows(
+    batch: RowBatch, inserted: list[tuple], new_executions: list[tuple], lookup, *, sqlite: bool
+) -> dict[Rollup, list[tuple]]:
+    """The rollup additions (``rollups.py``) of the step rows this transaction inserted.
 
     An execution's workflow is the batch's row when that row is what the database now holds
     (a new execution, or a root that just overwrote it); a placeholder of a stored execution
@@ -444,7 +443,7 @@ async def _rollup_rows(batch: RowBatch, inserted: list[tuple], new_executions: l
     """
     llm = [row for row in inserted if row[_KIND] == "llm"]
     if not llm:
-        return []
+        return {}
     new_ids = {row[0] for row in new_executions}
     workflow_of: dict[str, str] = {}
     unresolved = []
@@ -650,8 +649,8 @@ async def _pg_write(pg, batch: RowBatch, before_commit=None, rollups: bool = Tru
             await pg.execute(_PG_ADD_TOTALS_SQL, *_columnar(totals, 5))
         if rollups and (fresh or added):
             additions = await _rollup_rows(batch, fresh + added, new_executions, functools.partial(_pg_workflows, pg), sqlite=False)
-            if additions:
-                await pg.execute(_PG_ROLLUP_SQL, *_columnar(additions, len(_ROLLUP_COLUMNS)))
+            for rollup, rows in additions.items():
+                await pg.execute(rollup.pg_upsert_sql, *_columnar(rows, len(rollup.columns)))
         if before_commit is not None:
             await before_commit()
 
@@ -739,8 +738,8 @@ async def _sqlite_write(db, batch: RowBatch, before_commit=None, rollups: bool =
             await db.executemany(_SQLITE_ADD_TOTALS_SQL, [(*t[1:], t[0]) for t in totals])
         if rollups and (fresh or added):
             additions = await _rollup_rows(batch, fresh + added, new_executions, functools.partial(_sqlite_workflows, db), sqlite=True)
-            if additions:
-                await db.executemany(_SQLITE_ROLLUP_SQL, additions)
+            for rollup, rows in additions.items():
+                await db.executemany(rollup.sqlite_upsert_sql, rows)
         if before_commit is not None:
             await before_commit()
         await db.commit()
@@ -861,7 +860,7 @@ class SpanStore:
         rollups: bool = True,
     ) -> None:
         self.url = normalize_url(url)
-        # Keep ``cost_rollup_hourly`` in each write transaction (off only to measure what it costs).
+        # Keep the rollup tables in each write transaction (off only to measure what it costs).
         self.rollups = rollups
         self.engine = create_engine(
             self.url, pool_size=pool_size, max_overflow=max_overflow, connect_timeout_s=connect_timeout_s

@@ -1,4 +1,4 @@
-"""``cost_rollup_hourly`` is kept in the insert transaction and always equals the SUM over the steps.
+"""The rollup tables are kept in the insert transaction and always equal the SUM over the steps.
 
 On both engines: batches delivered twice and out of order (children before their roots),
 refusals, errors and a tenant attribute, and the migration's backfill of steps stored
@@ -23,7 +23,7 @@ from wflo_otel.exporters.records import record_from_readable_span
 from wflo_otel.exporters.store import SpanStore
 
 HOUR_NS = 3600 * 10**9
-START_NS = 1_780_000_000 * 10**9  # 2026-05-28, on an hour boundary
+START_NS = 1_780_000_000 * 10**9  # 2026-05-28 20:26:40 UTC: three hours of one day
 
 
 def tenant_spans(executions: int = 12):
@@ -84,10 +84,11 @@ def test_rollups_equal_the_steps_after_duplicate_and_out_of_order_deliveries(dat
     assert (calls, refusals, errors) == (12 * 3 - 3, 3, 3)  # i = 0, 4, 8 refused; i = 0, 5, 10 failed
     (executions_cost,) = query(database_url, "SELECT SUM(cost_total_usd) FROM workflow_executions")[0]
     assert abs(cost - executions_cost) < 1e-9
-    tenants = query(database_url, "SELECT tenant, SUM(calls + refusals) FROM cost_rollup_hourly GROUP BY tenant ORDER BY tenant")
+    tenants = query(database_url, "SELECT tenant, SUM(calls + refusals) FROM cost_rollup_tenant_daily GROUP BY tenant ORDER BY tenant")
     assert tenants == [("tenant-0", 18), ("tenant-1", 18)]
     (hours,) = query(database_url, "SELECT COUNT(DISTINCT hour) FROM cost_rollup_hourly")[0]
-    assert hours == 3
+    (days,) = query(database_url, "SELECT COUNT(DISTINCT day) FROM cost_rollup_daily")[0]
+    assert (hours, days) == (3, 1)
 
 
 def test_migration_backfills_rollups_from_steps_stored_before_it(database_url):
@@ -113,4 +114,5 @@ def test_a_store_without_rollup_maintenance_leaves_the_table_alone(database_url)
             await store.dispose()
 
     asyncio.run(run())
-    assert query(database_url, "SELECT COUNT(*) FROM cost_rollup_hourly") == [(0,)]
+    for table in ("cost_rollup_hourly", "cost_rollup_daily", "cost_rollup_tenant_daily"):
+        assert query(database_url, f"SELECT COUNT(*) FROM {table}") == [(0,)]

@@ -177,15 +177,16 @@ def assert_database_holds(url: str, expected: Expected) -> None:
 
 
 def assert_rollups_match_steps(url: str) -> None:
-    """``cost_rollup_hourly`` holds exactly the SUM over the stored LLM steps (its definition)."""
-    from wflo_otel.exporters.rollups import COLUMNS, aggregate_sql
+    """Each rollup table holds exactly the SUM over the stored LLM steps (its definition)."""
+    from wflo_otel.exporters.rollups import ROLLUPS, aggregate_sql
 
     dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
-    keys = "hour, workflow_id, model, status, tenant"
-    stored = query(url, f"SELECT {', '.join(COLUMNS)} FROM cost_rollup_hourly ORDER BY {keys}")
-    computed = query(url, f"SELECT * FROM ({aggregate_sql(dialect)}) AS a ORDER BY {keys}")
-    assert [r[:-1] for r in stored] == [r[:-1] for r in computed], "rollup keys or counts differ from the steps"
-    assert all(abs(a[-1] - b[-1]) < 1e-9 for a, b in zip(stored, computed)), "rollup cost differs from the steps"
+    for rollup in ROLLUPS:
+        keys = ", ".join(rollup.key_columns)
+        stored = query(url, f"SELECT {', '.join(rollup.columns)} FROM {rollup.table} ORDER BY {keys}")
+        computed = query(url, f"SELECT * FROM ({aggregate_sql(rollup, dialect)}) AS a ORDER BY {keys}")
+        assert [r[:-1] for r in stored] == [r[:-1] for r in computed], f"{rollup.table}: keys or counts differ from the steps"
+        assert all(abs(a[-1] - b[-1]) < 1e-9 for a, b in zip(stored, computed)), f"{rollup.table}: cost differs"
 
 
 def batches(spans, size: int, *, seed: int = 0, shuffle: bool = True):

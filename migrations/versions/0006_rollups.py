@@ -1,9 +1,10 @@
-"""hourly cost rollups for the dashboard
+"""cost rollups for the dashboard
 
-``cost_rollup_hourly``: per UTC hour x workflow x model x step status x tenant, the LLM
-calls, refusals, errors, tokens and USD of the LLM steps (``wflo_otel.exporters.rollups``
-says what each counts). The store adds to it in the transaction that inserts steps;
-this revision fills it from the steps already stored.
+``cost_rollup_hourly`` and ``cost_rollup_daily`` (per UTC hour / day x workflow x model x
+step status) and ``cost_rollup_tenant_daily`` (per UTC day x tenant): the LLM calls,
+refusals, errors, tokens and USD of the LLM steps (``wflo_otel.exporters.rollups`` says
+what each counts). The store adds to them in the transaction that inserts steps; this
+revision fills them from the steps already stored.
 
 Revision ID: 0006_rollups
 Revises: 0002
@@ -13,34 +14,39 @@ Create Date: 2026-12-06
 from alembic import op
 import sqlalchemy as sa
 
-from wflo_otel.exporters.rollups import backfill_sql
+from wflo_otel.exporters.rollups import ROLLUPS, backfill_sql
 
 revision = "0006_rollups"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-Timestamp = sa.DateTime(timezone=True)
-
-
-def _count(name: str) -> sa.Column:
-    return sa.Column(name, sa.BigInteger, nullable=False, server_default=sa.text("0"))
+_KEY_TYPES = {
+    "hour": sa.DateTime(timezone=True),
+    "day": sa.DateTime(timezone=True),
+    "workflow_id": sa.String(255),
+    "model": sa.String(255),
+    "status": sa.String(16),
+    "tenant": sa.String(255),
+}
 
 
 def upgrade() -> None:
-    op.create_table(
-        "cost_rollup_hourly",
-        sa.Column("hour", Timestamp, primary_key=True),
-        sa.Column("workflow_id", sa.String(255), primary_key=True),
-        sa.Column("model", sa.String(255), primary_key=True),
-        sa.Column("status", sa.String(16), primary_key=True),
-        sa.Column("tenant", sa.String(255), primary_key=True),
-        *(_count(name) for name in ("calls", "refusals", "errors", "input_tokens", "output_tokens",
-                                     "cache_read_tokens", "reasoning_tokens")),
-        sa.Column("cost_usd", sa.Double, nullable=False, server_default=sa.text("0")),
-    )
-    op.execute(backfill_sql(op.get_bind().dialect.name))
+    dialect = op.get_bind().dialect.name
+    for rollup in ROLLUPS:
+        op.create_table(
+            rollup.table,
+            *(sa.Column(name, _KEY_TYPES[name], primary_key=True) for name in rollup.key_columns),
+            *(
+                sa.Column(name, sa.BigInteger, nullable=False, server_default=sa.text("0"))
+                for name in ("calls", "refusals", "errors", "input_tokens", "output_tokens",
+                             "cache_read_tokens", "reasoning_tokens")
+            ),
+            sa.Column("cost_usd", sa.Double, nullable=False, server_default=sa.text("0")),
+        )
+        op.execute(backfill_sql(rollup, dialect))
 
 
 def downgrade() -> None:
-    op.drop_table("cost_rollup_hourly")
+    for rollup in reversed(ROLLUPS):
+        op.drop_table(rollup.table)
