@@ -170,6 +170,9 @@ class IngestService:
         app = web.Application()
         app.router.add_post("/v1/traces", self._traces)
         app.router.add_get("/health", self._health)
+        from ..dashboard.web import Dashboard  # the browser dashboard at /, same token
+
+        Dashboard(self.store.engine, self.token).add_routes(app)
         self._runner = web.AppRunner(
             app,
             access_log=None,
