@@ -39,6 +39,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+_CSRF_KEY: Any = web.RequestKey("wflo_csrf", str) if hasattr(web, "RequestKey") else "wflo_csrf"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -208,10 +209,10 @@ class Dashboard:
 
 def _csrf(request: web.Request) -> str:
     """The request's CSRF token: its cookie's, or a new one (set on the response by ``_html``)."""
-    current = request.get("wflo_csrf") or request.cookies.get(CSRF_COOKIE)
+    current = request.get(_CSRF_KEY) or request.cookies.get(CSRF_COOKIE)
     if not current or len(current) != 43:
         current = secrets.token_urlsafe(32)
-    request["wflo_csrf"] = current
+    request[_CSRF_KEY] = current
     return current
 
 
