@@ -31,7 +31,7 @@ form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:end;margin:8px 0}fo
 .meter{background:#e5e7eb;height:10px;border-radius:5px;min-width:120px;overflow:hidden}.meter div{background:#59a14f;height:100%}
 .meter.over div{background:#e15759}.lane{position:relative;height:14px;background:#f3f4f6;min-width:300px}
 .lane div{position:absolute;top:2px;height:10px;border-radius:2px;min-width:2px}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:16px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(400px,1fr));gap:16px}.grid>div{min-width:0;overflow-x:auto}td{white-space:nowrap}
 .error{color:#b91c1c}.muted{color:#777}.status-FAILED,.status-BUDGET_EXCEEDED,.status-ERROR{color:#b91c1c;font-weight:600}
 """
 
@@ -110,7 +110,7 @@ def window_form(action: str, params: Mapping[str, str], extra: str = "") -> str:
 
 def overview_body(ov: Overview, params: Mapping[str, str], *, links: bool = True) -> str:
     t = ov.totals
-    by_options = "".join(f'<option{" selected" if d == ov.by else ""}>{d}</option>' for d in DIMENSIONS)
+    by_options = "".join(f'<option value="{d}"{" selected" if d == ov.by else ""}>{d}</option>' for d in DIMENSIONS)
     form = window_form("/", params, f"<label>stack by<select name=by id=by>{by_options}</select></label>") if links else ""
     cards = "".join(
         (
@@ -159,7 +159,7 @@ def executions_body(rows: list[dict[str, Any]], has_next: bool, flt: ExecutionFi
         f'<option value="{attr(w)}"{" selected" if w == flt.workflow else ""}>{e(w)}</option>' for w in workflows
     )
     st_options = '<option value="">all</option>' + "".join(
-        f'<option{" selected" if s == flt.status else ""}>{s}</option>' for s in STATUSES
+        f'<option value="{s}"{" selected" if s == flt.status else ""}>{s}</option>' for s in STATUSES
     )
     extra = (
         f"<label>workflow<select name=workflow id=workflow>{wf_options}</select></label>"
