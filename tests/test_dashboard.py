@@ -145,7 +145,16 @@ def test_serve_mounts_the_dashboard_beside_ingest_with_the_same_token(filled_url
         assert client.post("/v1/traces", body=b"{}", headers={"Content-Type": "application/json"}).status_code == 401
 
 
-def test_limits_and_approvals_pages_appear_only_when_their_tables_exist(ui, filled_url):
+def test_limits_and_approvals_pages_appear_only_when_their_tables_exist(filled_url, monkeypatch):
+    from wflo_otel.dashboard.web import Dashboard
+
+    monkeypatch.setattr(Dashboard, "OPTIONAL_PAGES_TTL_S", 0.0)  # the navigation looks each time
+    with UIServer(filled_url, port=0) as ui:
+        ui.client = Client(ui.url)
+        _optional_pages_follow_their_tables(ui, filled_url)
+
+
+def _optional_pages_follow_their_tables(ui, filled_url):
     assert 'href="/approvals"' not in ui.client.get("/").text
     assert ui.client.get("/approvals").status_code == 404
     execute(

@@ -30,7 +30,7 @@ from ..exporters.schema import (
 WINDOWS = {"today": 1, "7d": 7, "30d": 30}
 DIMENSIONS = ("model", "workflow", "tenant")
 TOP = 10
-SERIES_KEYS = 8  # series beyond these are summed as "other"
+SERIES_KEYS = 8  # series beyond these are summed as OTHER
 PAGE_SIZE = 50
 SORTS = {
     "started": workflow_executions.c.started_at,
@@ -166,7 +166,8 @@ async def overview(conn: AsyncConnection, window: Window, by: str = "model") -> 
         )
     ).one()
     totals = Totals(float(row[0]), *(int(v) for v in row[1:]))
-    buckets, series = await _series(conn, window, by)
+    tops = {kind: await top(conn, window, kind) for kind in ("workflow", "model", "tenant")}
+    buckets, series = await _series(conn, window, by, [r["name"] for r in tops[by][:SERIES_KEYS]])
     return Overview(
         window=window,
         by=by,
@@ -174,9 +175,9 @@ async def overview(conn: AsyncConnection, window: Window, by: str = "model") -> 
         totals=totals,
         buckets=buckets,
         series=series,
-        top_workflows=await top(conn, window, "workflow"),
-        top_models=await top(conn, window, "model"),
-        top_tenants=await top(conn, window, "tenant"),
+        top_workflows=tops["workflow"],
+        top_models=tops["model"],
+        top_tenants=tops["tenant"],
     )
 
 
@@ -206,15 +207,25 @@ async def top(conn: AsyncConnection, window: Window, by: str, limit: int = TOP) 
     ]
 
 
-async def _series(conn: AsyncConnection, window: Window, by: str) -> tuple[list[datetime], dict[str, list[float]]]:
-    """Every bucket of ``window`` and, per key (the dearest ``SERIES_KEYS``, then "other"), its cost per bucket."""
+OTHER = "(other)"
+
+
+async def _series(
+    conn: AsyncConnection, window: Window, by: str, keys: list[str]
+) -> tuple[list[datetime], dict[str, list[float]]]:
+    """Every bucket of ``window`` and the cost per bucket of each of ``keys``, the rest summed as ``OTHER``.
+
+    Grouped in SQL down to at most (buckets x (keys + 1)) rows, whatever the number of tenants.
+    """
     table, bucket_col, bucket = _rollup_for(window, by)
     key = _dimension(table, by)
+    # NULL stands for "any other key" (no key is NULL: the rollup's keys are NOT NULL).
+    series_key = sa.case((key.in_(keys), key), else_=sa.null()) if keys else sa.null()
     rows = (
         await conn.execute(
-            sa.select(bucket_col, key, sa.func.sum(table.c.cost_usd))
+            sa.select(bucket_col, series_key, sa.func.sum(table.c.cost_usd))
             .where(bucket_col >= window.start, bucket_col < window.end)
-            .group_by(bucket_col, key)
+            .group_by(bucket_col, series_key)
         )
     ).all()
     step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
@@ -224,17 +235,11 @@ async def _series(conn: AsyncConnection, window: Window, by: str) -> tuple[list[
         buckets.append(at)
         at += step
     index = {b: i for i, b in enumerate(buckets)}
-    per_key: dict[str, float] = {}
-    for _, name, cost in rows:
-        per_key[name] = per_key.get(name, 0.0) + float(cost)
-    kept = sorted(per_key, key=lambda k: (-per_key[k], k))[:SERIES_KEYS]
-    series = {name: [0.0] * len(buckets) for name in kept}
+    series = {name: [0.0] * len(buckets) for name in keys}
     for when, name, cost in rows:
         i = index.get(_utc(when))
-        if i is None:
-            continue
-        target = name if name in series else "other"
-        series.setdefault(target, [0.0] * len(buckets))[i] += float(cost)
+        if i is not None:
+            series.setdefault(OTHER if name is None else name, [0.0] * len(buckets))[i] += float(cost)
     return buckets, series
 
 
@@ -345,7 +350,12 @@ async def execution(conn: AsyncConnection, execution_id: str) -> dict[str, Any] 
 
 
 async def existing_tables(conn: AsyncConnection) -> set[str]:
-    return set(await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names()))
+    """The tables of the database (one catalog query: this runs for every page's navigation)."""
+    if conn.dialect.name == "postgresql":
+        sql = "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema()"
+    else:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    return {row[0] for row in await conn.execute(sa.text(sql))}
 
 
 async def optional_pages(conn: AsyncConnection) -> dict[str, list[str]]:

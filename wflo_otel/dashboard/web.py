@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from datetime import date, datetime
 from typing import Any, Awaitable, Callable
 
@@ -51,9 +52,20 @@ def session_value(token: bytes) -> str:
 class Dashboard:
     """The dashboard routes over ``engine``; ``token`` (bytes) when one is required."""
 
+    # The navigation names the optional pages whose tables exist; looked up at most this often.
+    OPTIONAL_PAGES_TTL_S = 30.0
+
     def __init__(self, engine: AsyncEngine, token: bytes | None = None) -> None:
         self.engine = engine
         self.token = token
+        self._optional: tuple[float, dict[str, list[str]]] | None = None
+
+    async def optional_pages(self) -> dict[str, list[str]]:
+        now = time.monotonic()
+        if self._optional is None or now - self._optional[0] > self.OPTIONAL_PAGES_TTL_S:
+            async with self.engine.connect() as conn:
+                self._optional = (now, await queries.optional_pages(conn))
+        return self._optional[1]
 
     def add_routes(self, app: web.Application) -> None:
         guard = self._guard
@@ -192,8 +204,7 @@ class Dashboard:
         sign_out = ""
         if nav:
             links = [("overview", "/", "Overview"), ("executions", "/executions", "Executions")]
-            async with self.engine.connect() as conn:
-                optional = await queries.optional_pages(conn)
+            optional = await self.optional_pages()
             if "limits" in optional:
                 links.append(("limits", "/limits", "Limits"))
             if "approvals" in optional:
