@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
@@ -15,9 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from wflo_otel.exporters.mapping import map_records
-from wflo_otel.exporters.records import record_from_readable_span
-from wflo_otel.exporters.store import SpanStore
+from test_store_support import write_groups
 
 HOSTILE = "<script>alert('wflo')</script>"
 WORKFLOWS = ("support-agent", "summarize", "triage")
@@ -71,15 +68,7 @@ def dashboard_spans(executions: int = 30, *, hostile_every: int = 10):
 
 
 def write_spans(url: str, spans) -> None:
-    async def run():
-        store = SpanStore(url)
-        try:
-            await store.migrate()
-            await store.write(map_records(record_from_readable_span(s) for s in spans))
-        finally:
-            await store.dispose()
-
-    asyncio.run(run())
+    write_groups(url, [spans])
 
 
 class Client:

@@ -212,7 +212,12 @@ def test_the_default_database_is_not_created_by_db_current_but_is_by_db_upgrade(
     assert list(tmp_path.iterdir()) == []
     assert _run("db", "upgrade", cwd=tmp_path).returncode == 0
     current = _run("db", "current", cwd=tmp_path)
-    assert current.returncode == 0 and current.stdout.startswith("0002 (head)")
+    from alembic.script import ScriptDirectory
+
+    from wflo_otel import migrations
+
+    head = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
+    assert current.returncode == 0 and current.stdout.startswith(f"{head} (head)")
 
 
 # ----------------------------------------------------------------- prune keeps RUNNING executions

@@ -16,11 +16,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from test_store_support import assert_rollups_match_steps, batches, query
+from test_store_support import assert_rollups_match_steps, batches, query, write_groups
 from wflo_otel import migrations
-from wflo_otel.exporters.mapping import map_records
-from wflo_otel.exporters.records import record_from_readable_span
-from wflo_otel.exporters.store import SpanStore
 
 HOUR_NS = 3600 * 10**9
 START_NS = 1_780_000_000 * 10**9  # 2026-05-28 20:26:40 UTC: three hours of one day
@@ -59,24 +56,11 @@ def tenant_spans(executions: int = 12):
     return spans
 
 
-def write_all(url: str, groups) -> None:
-    async def run():
-        store = SpanStore(url)
-        try:
-            await store.migrate()
-            for group in groups:
-                await store.write(map_records(record_from_readable_span(s) for s in group))
-        finally:
-            await store.dispose()
-
-    asyncio.run(run())
-
-
 def test_rollups_equal_the_steps_after_duplicate_and_out_of_order_deliveries(database_url):
     spans = tenant_spans()
     # Shuffled (children before roots, across batches), every batch twice, then all again cut differently.
     groups = [b for batch in batches(spans, 7, seed=4) for b in (batch, batch)] + batches(spans, 25, seed=5)
-    write_all(database_url, groups)
+    write_groups(database_url, groups)
     assert_rollups_match_steps(database_url)
     calls, refusals, errors, cost = query(
         database_url, "SELECT SUM(calls), SUM(refusals), SUM(errors), SUM(cost_usd) FROM cost_rollup_hourly"
@@ -92,7 +76,7 @@ def test_rollups_equal_the_steps_after_duplicate_and_out_of_order_deliveries(dat
 
 
 def test_migration_backfills_rollups_from_steps_stored_before_it(database_url):
-    write_all(database_url, [tenant_spans(6)])
+    write_groups(database_url, [tenant_spans(6)])
 
     def down_and_up(conn):
         migrations.downgrade_connection(conn, "0002")
@@ -105,14 +89,6 @@ def test_migration_backfills_rollups_from_steps_stored_before_it(database_url):
 
 
 def test_a_store_without_rollup_maintenance_leaves_the_table_alone(database_url):
-    async def run():
-        store = SpanStore(database_url, rollups=False)
-        try:
-            await store.migrate()
-            await store.write(map_records(record_from_readable_span(s) for s in tenant_spans(2)))
-        finally:
-            await store.dispose()
-
-    asyncio.run(run())
+    write_groups(database_url, [tenant_spans(2)], rollups=False)
     for table in ("cost_rollup_hourly", "cost_rollup_daily", "cost_rollup_tenant_daily"):
         assert query(database_url, f"SELECT COUNT(*) FROM {table}") == [(0,)]

@@ -148,6 +148,24 @@ def make_workflows(
     return spans, expected
 
 
+def write_groups(url: str, groups, **store_options) -> None:
+    """Map each group of SDK spans and write it with a real ``SpanStore`` (migrating first), in order."""
+    from wflo_otel.exporters.mapping import map_records
+    from wflo_otel.exporters.records import record_from_readable_span
+    from wflo_otel.exporters.store import SpanStore
+
+    async def run():
+        store = SpanStore(url, **store_options)
+        try:
+            await store.migrate()
+            for group in groups:
+                await store.write(map_records(record_from_readable_span(s) for s in group))
+        finally:
+            await store.dispose()
+
+    asyncio.run(run())
+
+
 def query(url: str, sql: str, **params):
     return asyncio.run(fetch(url, sql, params))[1]
 

@@ -8,10 +8,10 @@ import logging
 import os
 import signal
 import sys
-import threading
 
 from aiohttp import web
 
+from ..background import InThread
 from ..exporters.store import create_engine
 from ..ingest.options import DEFAULT_HOST, ENV_TOKEN
 from .web import dashboard_app
@@ -30,8 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class UIServer:
+class UIServer(InThread):
     """The dashboard on ``database_url`` at ``host:port``; ``run_in_thread()`` for tests and embedding."""
+
+    THREAD_NAME = "wflo-otel-ui"
 
     def __init__(self, database_url: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_UI_PORT, token: str | None = None) -> None:
         self.database_url = database_url
@@ -40,9 +42,6 @@ class UIServer:
         self.token = token.encode("utf-8") if token else None
         self._runner: web.AppRunner | None = None
         self._engine = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
 
     @property
     def url(self) -> str:
@@ -68,46 +67,6 @@ class UIServer:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
-
-    def run_in_thread(self, timeout_s: float = 30.0) -> "UIServer":
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def main() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            self._stop = asyncio.Event()
-            try:
-                loop.run_until_complete(self.start())
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            try:
-                loop.run_until_complete(self._stop.wait())
-                loop.run_until_complete(self.stop())
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=main, name="wflo-otel-ui", daemon=True)
-        self._thread.start()
-        if not ready.wait(timeout_s):
-            raise TimeoutError("the dashboard did not start")
-        if failure:
-            raise failure[0]
-        return self
-
-    def stop_thread(self) -> None:
-        if self._thread is not None and self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(30)
-            self._thread = None
-
-    def __enter__(self) -> "UIServer":
-        return self.run_in_thread()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_thread()
 
 
 def run(args: argparse.Namespace, database_url: str) -> int:
