@@ -9,7 +9,6 @@ included), the totals shown equal the SQL, the filters change the list, and a sp
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 

@@ -7,6 +7,7 @@ stops it on exit. Shared by the ingest service and the dashboard's ``wflo-otel u
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from typing import Any
 
@@ -68,3 +69,15 @@ class InThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_thread()
+
+
+def stop_event_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (a command's "run until told to stop")."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on the main thread / Windows
+            pass
+    return stop

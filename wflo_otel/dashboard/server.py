@@ -6,12 +6,11 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 
 from aiohttp import web
 
-from ..background import InThread
+from ..background import InThread, stop_event_on_signals
 from ..exporters.store import create_engine
 from ..ingest.options import DEFAULT_HOST, ENV_TOKEN
 from .web import dashboard_app
@@ -74,13 +73,7 @@ def run(args: argparse.Namespace, database_url: str) -> int:
 
     async def serve() -> int:
         server = UIServer(database_url, host=args.host, port=args.port, token=args.token)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(signum, stop.set)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover
-                pass
+        stop = stop_event_on_signals()
         try:
             await server.start()
         except OSError as exc:

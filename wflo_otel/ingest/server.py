@@ -40,7 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..background import InThread
+from ..background import InThread, stop_event_on_signals
 from ..exporters import otlp
 from ..exporters.store import DEFAULT_DATABASE_URL, SpanStore
 from ..settings import ENV_DATABASE_URL
@@ -396,13 +396,7 @@ async def _serve(args: argparse.Namespace, database_url: str | None, *, reuse_po
         max_pending_spans=args.max_pending_spans,
         reuse_port=reuse_port,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on the main thread / Windows
-            pass
+    stop = stop_event_on_signals()
     try:
         await service.start()
     except OSError as exc:
