@@ -159,7 +159,7 @@ def endpoints(executions: int) -> list[tuple[str, str]]:
         ("overview 30 days by tenant (page)", "/?window=30d&by=tenant"),
         ("executions 7 days (page)", "/executions?window=7d"),
         ("executions 30 days by cost (page)", "/executions?window=30d&sort=cost"),
-        ("executions wf-3 FAILED 30 days (API)", "/api/executions?window=30d&workflow=wf-3&status=FAILED"),
+        ("executions wf-9 FAILED 30 days (API)", "/api/executions?window=30d&workflow=wf-9&status=FAILED"),
         ("executions page 20 (API)", "/api/executions?window=30d&page=20"),
         ("one execution (page)", f"/executions/{execution_id}"),
         ("one execution (API)", f"/api/executions/{execution_id}"),

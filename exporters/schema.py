@@ -125,6 +125,11 @@ sa.Index(
 )
 
 
+# Revision 0006: the dashboard's executions list (one workflow newest first; the dearest first).
+# The cost index makes a totals update of a stored execution a non-HOT update on PostgreSQL.
+sa.Index("ix_workflow_executions_workflow_started", workflow_executions.c.workflow_id, workflow_executions.c.started_at)
+sa.Index("ix_workflow_executions_cost", workflow_executions.c.cost_total_usd)
+
 # Revision 0006: rollups of the LLM steps, kept by the store in the transaction that
 # inserts them (``rollups.py``). The dashboard reads these for anything over a time window.
 def _rollup_table(name: str, key: tuple[tuple[str, sa.types.TypeEngine], ...]) -> sa.Table:
