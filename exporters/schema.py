@@ -125,9 +125,14 @@ sa.Index(
 )
 
 
-# Revision 0006: the dashboard's executions list (one workflow newest first; the dearest first).
+# Revision 0006: the dashboard's executions list (a workflow, a status, newest first; the dearest first).
 # The cost index makes a totals update of a stored execution a non-HOT update on PostgreSQL.
-sa.Index("ix_workflow_executions_workflow_started", workflow_executions.c.workflow_id, workflow_executions.c.started_at)
+sa.Index(
+    "ix_workflow_executions_workflow_status_started",
+    workflow_executions.c.workflow_id,
+    workflow_executions.c.status,
+    workflow_executions.c.started_at,
+)
 sa.Index("ix_workflow_executions_cost", workflow_executions.c.cost_total_usd)
 
 # Revision 0006: rollups of the LLM steps, kept by the store in the transaction that

@@ -5,7 +5,7 @@ step status) and ``cost_rollup_tenant_daily`` (per UTC day x tenant): the LLM ca
 refusals, errors, tokens and USD of the LLM steps (``wflo_otel.exporters.rollups`` says
 what each counts). The store adds to them in the transaction that inserts steps; this
 revision fills them from the steps already stored. Two indexes for the dashboard's
-executions list: (workflow_id, started_at) and cost_total_usd.
+executions list: (workflow_id, status, started_at) and cost_total_usd.
 
 Revision ID: 0006_rollups
 Revises: 0002
@@ -46,13 +46,13 @@ def upgrade() -> None:
             sa.Column("cost_usd", sa.Double, nullable=False, server_default=sa.text("0")),
         )
         op.execute(backfill_sql(rollup, dialect))
-    # The executions list: one workflow in a window, newest first; the dearest first.
-    op.create_index("ix_workflow_executions_workflow_started", "workflow_executions", ["workflow_id", "started_at"])
+    # The executions list: a workflow (and a status) in a window, newest first; the dearest first.
+    op.create_index("ix_workflow_executions_workflow_status_started", "workflow_executions", ["workflow_id", "status", "started_at"])
     op.create_index("ix_workflow_executions_cost", "workflow_executions", ["cost_total_usd"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_workflow_executions_cost", table_name="workflow_executions")
-    op.drop_index("ix_workflow_executions_workflow_started", table_name="workflow_executions")
+    op.drop_index("ix_workflow_executions_workflow_status_started", table_name="workflow_executions")
     for rollup in reversed(ROLLUPS):
         op.drop_table(rollup.table)

@@ -154,19 +154,8 @@ async def overview(conn: AsyncConnection, window: Window, by: str = "model") -> 
     """Spend, calls, tokens, refusals and errors in ``window``; cost over time stacked ``by``; the tops."""
     if by not in DIMENSIONS:
         raise BadRequest(f"unknown grouping {by!r}: {', '.join(DIMENSIONS)}")
-    table, bucket_col, bucket = _rollup_for(window, "model")
-    in_window = sa.and_(bucket_col >= window.start, bucket_col < window.end)
-    c = table.c
-    row = (
-        await conn.execute(
-            sa.select(
-                sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0),
-                *(sa.func.coalesce(sa.func.sum(c[name]), 0) for name in ("calls", "input_tokens", "output_tokens", "refusals", "errors")),
-            ).where(in_window)
-        )
-    ).one()
-    totals = Totals(float(row[0]), *(int(v) for v in row[1:]))
-    tops = {kind: await top(conn, window, kind) for kind in ("workflow", "model", "tenant")}
+    totals, tops = await _breakdown(conn, window)
+    tops["tenant"] = await top(conn, window, "tenant")
     buckets, series = await _series(conn, window, by, [r["name"] for r in tops[by][:SERIES_KEYS]])
     return Overview(
         window=window,
@@ -181,6 +170,43 @@ async def overview(conn: AsyncConnection, window: Window, by: str = "model") -> 
     )
 
 
+_MEASURES = ("cost_usd", "calls", "input_tokens", "output_tokens", "refusals", "errors")
+
+
+async def _breakdown(conn: AsyncConnection, window: Window) -> tuple[Totals, dict[str, list[dict[str, Any]]]]:
+    """The window's totals and its top workflows and models, from one query grouped by (workflow, model).
+
+    A few hundred rows at most (workflows x models), summed again here: one scan of the rollup
+    instead of one per figure.
+    """
+    table, bucket_col, _ = _rollup_for(window, "model")
+    c = table.c
+    rows = await conn.execute(
+        sa.select(c.workflow_id, c.model, *(sa.func.sum(c[m]) for m in _MEASURES))
+        .where(bucket_col >= window.start, bucket_col < window.end)
+        .group_by(c.workflow_id, c.model)
+    )
+    totals = [0.0, 0, 0, 0, 0, 0]
+    by: dict[str, dict[str, list]] = {"workflow": {}, "model": {}}
+    for workflow, model, *values in rows:
+        for kind, name in (("workflow", workflow), ("model", model)):
+            acc = by[kind].setdefault(name, [0.0, 0, 0, 0, 0, 0])
+            for i, value in enumerate(values):
+                acc[i] += value
+        for i, value in enumerate(values):
+            totals[i] += value
+    tops = {
+        kind: [_top_row(name, acc) for name, acc in sorted(names.items(), key=lambda item: (-item[1][0], item[0]))[:TOP]]
+        for kind, names in by.items()
+    }
+    return Totals(float(totals[0]), *(int(v) for v in totals[1:])), tops
+
+
+def _top_row(name: str, acc: list) -> dict[str, Any]:
+    cost, calls, inp, out, refusals, errors = acc
+    return {"name": name, "cost_usd": float(cost), "calls": int(calls), "tokens": int(inp + out), "refusals": int(refusals), "errors": int(errors)}
+
+
 async def top(conn: AsyncConnection, window: Window, by: str, limit: int = TOP) -> list[dict[str, Any]]:
     """The ``limit`` dearest workflows / models / tenants in ``window`` (cost, calls, tokens, refusals, errors)."""
     table, bucket_col, _ = _rollup_for(window, by)
@@ -188,23 +214,13 @@ async def top(conn: AsyncConnection, window: Window, by: str, limit: int = TOP) 
     c = table.c
     cost = sa.func.sum(c.cost_usd)
     rows = await conn.execute(
-        sa.select(
-            key,
-            cost,
-            sa.func.sum(c.calls),
-            sa.func.sum(c.input_tokens + c.output_tokens),
-            sa.func.sum(c.refusals),
-            sa.func.sum(c.errors),
-        )
+        sa.select(key, cost, *(sa.func.sum(c[m]) for m in _MEASURES[1:]))
         .where(bucket_col >= window.start, bucket_col < window.end)
         .group_by(key)
         .order_by(cost.desc(), key)
         .limit(limit)
     )
-    return [
-        {"name": r[0], "cost_usd": float(r[1]), "calls": int(r[2]), "tokens": int(r[3]), "refusals": int(r[4]), "errors": int(r[5])}
-        for r in rows
-    ]
+    return [_top_row(r[0], list(r[1:])) for r in rows]
 
 
 OTHER = "(other)"
