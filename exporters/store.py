@@ -53,6 +53,8 @@ from urllib.parse import urlencode
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from wflo_otel.attributes import STATUS_RUNNING
+
 from .checkpoint import BACKSTOP_PAGES, WalCheckpointer, database_path
 from .mapping import RowBatch
 from .rollups import Rollup, rollup_rows, tenant_of
@@ -449,7 +451,7 @@ async def _rollup_rows(
     unresolved = []
     for execution_id in {row[_EXECUTION] for row in llm}:
         execution = batch.executions.get(execution_id)
-        if execution is not None and (execution_id in new_ids or execution["status"] != "RUNNING"):
+        if execution is not None and (execution_id in new_ids or execution["status"] != STATUS_RUNNING):
             workflow_of[execution_id] = execution["workflow_id"]
         else:
             unresolved.append(execution_id)

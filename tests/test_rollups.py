@@ -92,3 +92,28 @@ def test_a_store_without_rollup_maintenance_leaves_the_table_alone(database_url)
     write_groups(database_url, [tenant_spans(2)], rollups=False)
     for table in ("cost_rollup_hourly", "cost_rollup_daily", "cost_rollup_tenant_daily"):
         assert query(database_url, f"SELECT COUNT(*) FROM {table}") == [(0,)]
+
+
+def test_a_late_child_naming_no_workflow_is_booked_under_its_stored_execution(database_url):
+    """A foreign LLM span (no ``wflo.workflow.name``) arriving after its root: the placeholder row
+    of its batch names the service, but the execution stored says ``wf-a``, and so does the rollup."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("rollup-tests")
+    execution_id = uuid.uuid4().hex
+    root = tracer.start_span("invoke_workflow wf-a", start_time=START_NS, attributes={
+        "gen_ai.operation.name": "invoke_workflow", "gen_ai.workflow.name": "wf-a",
+        "wflo.execution.root": True, "wflo.execution.id": execution_id,
+    })
+    child = tracer.start_span("chat m", context=trace.set_span_in_context(root), kind=SpanKind.CLIENT, start_time=START_NS + 1,
+                              attributes={"gen_ai.operation.name": "chat", "gen_ai.request.model": "m",
+                                          "gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 3,
+                                          "wflo.cost.usd": 0.25, "wflo.execution.id": execution_id})
+    child.end(end_time=START_NS + 1000)
+    root.end(end_time=START_NS + 2000)
+    spans = {s.name: s for s in memory.get_finished_spans()}
+    provider.shutdown()
+    write_groups(database_url, [[spans["invoke_workflow wf-a"]], [spans["chat m"]]])
+    assert query(database_url, "SELECT workflow_id, calls, cost_usd FROM cost_rollup_daily") == [("wf-a", 1, 0.25)]
+    assert_rollups_match_steps(database_url)
