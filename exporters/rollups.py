@@ -85,10 +85,11 @@ _FULL_KEY = ("hour", "day", "workflow_id", "model", "status", "tenant")
 
 def tenant_of(attributes: Any) -> str:
     """The tenant dimension of a step's attributes (``''`` when it names none)."""
-    if not isinstance(attributes, Mapping):
+    get = getattr(attributes, "get", None)  # a mapping (this runs per LLM step: no ABC isinstance)
+    if get is None:
         return ""
     for key in TENANT_ATTRIBUTES:
-        value = attributes.get(key)
+        value = get(key)
         if value.__class__ is str and value:
             return value.replace("\x00", "")[:_NAME_LIMIT]
     return ""
@@ -100,6 +101,14 @@ def _pg_buckets(value: datetime) -> tuple[datetime, datetime]:
 
 def _sqlite_buckets(value: str) -> tuple[str, str]:  # SQLAlchemy's storage format: "YYYY-MM-DD HH:MM:SS.ffffff"
     return value[:13] + ":00:00.000000", value[:10] + " 00:00:00.000000"
+
+
+def _pg_hour_key(value: datetime) -> tuple:
+    return (value.year, value.month, value.day, value.hour)
+
+
+def _sqlite_hour_key(value: str) -> str:
+    return value[:13]
 
 
 def rollup_rows(
@@ -120,13 +129,19 @@ def rollup_rows(
     i_id, i_exec, i_kind, i_status, i_error = p["id"], p["execution_id"], p["kind"], p["status"], p["error_type"]
     i_resp, i_req, i_start, i_cost = p["response_model"], p["request_model"], p["started_at"], p["cost_usd"]
     i_in, i_out, i_cache, i_reason = p["input_tokens"], p["output_tokens"], p["cache_read_tokens"], p["reasoning_tokens"]
-    buckets = _sqlite_buckets if sqlite else _pg_buckets
+    buckets, hour_key = (_sqlite_buckets, _sqlite_hour_key) if sqlite else (_pg_buckets, _pg_hour_key)
+    bucket_of: dict[Any, tuple] = {}  # the (hour, day) of each hour seen: a batch spans a few
     sums: dict[tuple, list] = {}
     for row in steps:
         if row[i_kind] != "llm":
             continue
         model = row[i_resp] if row[i_resp] is not None else (row[i_req] if row[i_req] is not None else "")
-        key = (*buckets(row[i_start]), workflow_of[row[i_exec]], model, row[i_status], tenant_for(row[i_id]))
+        started = row[i_start]
+        hour = hour_key(started)
+        bucket = bucket_of.get(hour)
+        if bucket is None:
+            bucket = bucket_of[hour] = buckets(started)
+        key = (*bucket, workflow_of[row[i_exec]], model, row[i_status], tenant_for(row[i_id]))
         acc = sums.get(key)
         if acc is None:
             acc = sums[key] = [0, 0, 0, 0, 0, 0, 0, 0.0]

@@ -458,9 +458,7 @@ async def _rollup_rows(
     if unresolved:
         workflow_of.update(await lookup(sorted(unresolved)))
     steps = batch.steps
-    return rollup_rows(
-        llm, _STEP_POSITIONS, workflow_of, lambda step_id: tenant_of(steps[step_id].get("attributes")), sqlite=sqlite
-    )
+    return rollup_rows(llm, _STEP_POSITIONS, workflow_of, lambda step_id: tenant_of(steps[step_id].get("attributes")), sqlite=sqlite)
 
 
 # What a newer row of an execution overwrites: the root span's view is authoritative,
