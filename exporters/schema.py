@@ -174,6 +174,35 @@ spend_limit_alerts = sa.Table(
 )
 
 
+# Revision 0006: the dashboard's executions list (a workflow, a status, newest first; the dearest first).
+# The cost index makes a totals update of a stored execution a non-HOT update on PostgreSQL.
+sa.Index(
+    "ix_workflow_executions_workflow_status_started",
+    workflow_executions.c.workflow_id,
+    workflow_executions.c.status,
+    workflow_executions.c.started_at,
+)
+sa.Index("ix_workflow_executions_cost", workflow_executions.c.cost_total_usd)
+
+# Revision 0006: rollups of the LLM steps, kept by the store in the transaction that
+# inserts them (``rollups.py``). The dashboard reads these for anything over a time window.
+def _rollup_table(name: str, key: tuple[tuple[str, sa.types.TypeEngine], ...]) -> sa.Table:
+    counts = ("calls", "refusals", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
+    return sa.Table(
+        name,
+        metadata,
+        *(sa.Column(column, type_, primary_key=True) for column, type_ in key),
+        *(sa.Column(column, sa.BigInteger, nullable=False, server_default=sa.text("0")) for column in counts),
+        sa.Column("cost_usd", sa.Double, nullable=False, server_default=sa.text("0")),
+    )
+
+
+_WORKFLOW_MODEL_STATUS = (("workflow_id", sa.String(255)), ("model", sa.String(255)), ("status", sa.String(16)))
+cost_rollup_hourly = _rollup_table("cost_rollup_hourly", (("hour", Timestamp), *_WORKFLOW_MODEL_STATUS))
+cost_rollup_daily = _rollup_table("cost_rollup_daily", (("day", Timestamp), *_WORKFLOW_MODEL_STATUS))
+cost_rollup_tenant_daily = _rollup_table("cost_rollup_tenant_daily", (("day", Timestamp), ("tenant", sa.String(255))))
+
+
 # The control tables (checkpoints, rollbacks, approvals) live on the same metadata; imported
 # last, as they reference the tables above.
 from wflo_otel.controls import schema as _controls_schema  # noqa: E402,F401

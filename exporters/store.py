@@ -53,8 +53,11 @@ from urllib.parse import urlencode
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from wflo_otel.attributes import STATUS_RUNNING
+
 from .checkpoint import BACKSTOP_PAGES, WalCheckpointer, database_path
 from .mapping import RowBatch
+from .rollups import Rollup, rollup_rows, tenant_of
 from .schema import step_executions, workflow_definitions, workflow_executions
 
 _log = logging.getLogger(__name__)
@@ -470,6 +473,36 @@ _EXECUTION, _KIND, _ERROR, _COST, _INPUT, _OUTPUT = (
     for name in ("execution_id", "kind", "error_type", "cost_usd", "input_tokens", "output_tokens")
 )
 
+_STEP_POSITIONS = {name: i for i, name in enumerate(STEP_COLUMN_NAMES)}
+
+
+async def _rollup_rows(
+    batch: RowBatch, inserted: list[tuple], new_executions: list[tuple], lookup, *, sqlite: bool
+) -> dict[Rollup, list[tuple]]:
+    """The rollup additions (``rollups.py``) of the step rows this transaction inserted.
+
+    An execution's workflow is the batch's row when that row is what the database now holds
+    (a new execution, or a root that just overwrote it); a placeholder of a stored execution
+    may name another, so those are looked up (``lookup``: ids -> {id: workflow_id}).
+    """
+    llm = [row for row in inserted if row[_KIND] == "llm"]
+    if not llm:
+        return {}
+    new_ids = {row[0] for row in new_executions}
+    workflow_of: dict[str, str] = {}
+    unresolved = []
+    for execution_id in {row[_EXECUTION] for row in llm}:
+        execution = batch.executions.get(execution_id)
+        if execution is not None and (execution_id in new_ids or execution["status"] != STATUS_RUNNING):
+            workflow_of[execution_id] = execution["workflow_id"]
+        else:
+            unresolved.append(execution_id)
+    if unresolved:
+        workflow_of.update(await lookup(sorted(unresolved)))
+    steps = batch.steps
+    return rollup_rows(llm, _STEP_POSITIONS, workflow_of, lambda step_id: tenant_of(steps[step_id].get("attributes")), sqlite=sqlite)
+
+
 # What a newer row of an execution overwrites: the root span's view is authoritative,
 # a child's placeholder (status RUNNING) never overwrites anything.
 _EXEC_UPDATE = (
@@ -636,7 +669,7 @@ def _columnar(rows: list[tuple], width: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows)]
 
 
-async def _pg_write(pg, batch: RowBatch, before_commit=None) -> None:
+async def _pg_write(pg, batch: RowBatch, before_commit=None, rollups: bool = True) -> None:
     """One transaction on an asyncpg connection.
 
     An execution not stored yet is COPYed with the totals of its steps in the batch
@@ -667,6 +700,10 @@ async def _pg_write(pg, batch: RowBatch, before_commit=None) -> None:
         totals = _totals_added(added)  # the stored executions' share; the new ones carry theirs
         if totals:
             await pg.execute(_PG_ADD_TOTALS_SQL, *_columnar(totals, 5))
+        if rollups and (fresh or added):
+            additions = await _rollup_rows(batch, fresh + added, new_executions, functools.partial(_pg_workflows, pg), sqlite=False)
+            for rollup, rows in additions.items():
+                await pg.execute(rollup.pg_upsert_sql, *_columnar(rows, len(rollup.columns)))
         if before_commit is not None:
             await before_commit()
 
@@ -699,6 +736,10 @@ async def _pg_split_stored(pg, ids_sql: str, rows: list[tuple]) -> tuple[list[tu
     return [row for row in rows if row[0] not in known], [row for row in rows if row[0] in known]
 
 
+async def _pg_workflows(pg, ids: list[str]) -> dict[str, str]:
+    return {r[0]: r[1] for r in await pg.fetch("SELECT id, workflow_id FROM workflow_executions WHERE id = ANY($1::text[])", ids)}
+
+
 # --------------------------------------------------------------------------- SQLite
 
 
@@ -719,7 +760,7 @@ _SQLITE_ADD_TOTALS_SQL = (
 )
 
 
-async def _sqlite_write(db, batch: RowBatch, before_commit=None) -> None:
+async def _sqlite_write(db, batch: RowBatch, before_commit=None, rollups: bool = True) -> None:
     """One ``BEGIN IMMEDIATE`` transaction on an aiosqlite connection (the only writer meanwhile).
 
     As on PostgreSQL, a new execution is inserted with the totals of its steps in the
@@ -749,6 +790,10 @@ async def _sqlite_write(db, batch: RowBatch, before_commit=None) -> None:
         totals = _totals_added(added)  # the stored executions' share; the new ones carry theirs
         if totals:
             await db.executemany(_SQLITE_ADD_TOTALS_SQL, [(*t[1:], t[0]) for t in totals])
+        if rollups and (fresh or added):
+            additions = await _rollup_rows(batch, fresh + added, new_executions, functools.partial(_sqlite_workflows, db), sqlite=True)
+            for rollup, rows in additions.items():
+                await db.executemany(rollup.sqlite_upsert_sql, rows)
         if before_commit is not None:
             await before_commit()
         await db.commit()
@@ -771,6 +816,16 @@ async def _sqlite_split_stored(db, table: str, rows: list[tuple]) -> tuple[list[
     if not known:
         return rows, []
     return [row for row in rows if row[0] not in known], [row for row in rows if row[0] in known]
+
+
+async def _sqlite_workflows(db, ids: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        sql = f"SELECT id, workflow_id FROM workflow_executions WHERE id IN ({', '.join('?' * len(chunk))})"
+        async with db.execute(sql, chunk) as cursor:
+            found.update((row[0], row[1]) for row in await cursor.fetchall())
+    return found
 
 
 # --------------------------------------------------------------------------- errors
@@ -867,8 +922,11 @@ class SpanStore:
         max_overflow: int = 5,
         connect_timeout_s: float = 10.0,
         deadlock_retries: int = 5,
+        rollups: bool = True,
     ) -> None:
         self.url = normalize_url(url)
+        # Keep the rollup tables in each write transaction (off only to measure what it costs).
+        self.rollups = rollups
         self.engine = create_engine(
             self.url, pool_size=pool_size, max_overflow=max_overflow, connect_timeout_s=connect_timeout_s
         )
@@ -942,9 +1000,9 @@ class SpanStore:
             driver = await _driver_connection(conn)
             try:
                 if self.dialect == "postgresql":
-                    await _pg_write(driver, batch, self.before_commit)
+                    await _pg_write(driver, batch, self.before_commit, self.rollups)
                 else:
-                    await _sqlite_write(driver, batch, self.before_commit)
+                    await _sqlite_write(driver, batch, self.before_commit, self.rollups)
             except Exception as exc:
                 if is_transient(exc) and not is_retryable(exc):
                     # The connection may be broken: never hand it out again.

@@ -148,6 +148,24 @@ def make_workflows(
     return spans, expected
 
 
+def write_groups(url: str, groups, **store_options) -> None:
+    """Map each group of SDK spans and write it with a real ``SpanStore`` (migrating first), in order."""
+    from wflo_otel.exporters.mapping import map_records
+    from wflo_otel.exporters.records import record_from_readable_span
+    from wflo_otel.exporters.store import SpanStore
+
+    async def run():
+        store = SpanStore(url, **store_options)
+        try:
+            await store.migrate()
+            for group in groups:
+                await store.write(map_records(record_from_readable_span(s) for s in group))
+        finally:
+            await store.dispose()
+
+    asyncio.run(run())
+
+
 def query(url: str, sql: str, **params):
     return asyncio.run(fetch(url, sql, params))[1]
 
@@ -173,6 +191,20 @@ def assert_database_holds(url: str, expected: Expected) -> None:
         ):
             wrong.append((execution_id, found[execution_id], want))
     assert not wrong, f"{len(wrong)} executions with wrong totals, e.g. {wrong[:2]}"
+    assert_rollups_match_steps(url)
+
+
+def assert_rollups_match_steps(url: str) -> None:
+    """Each rollup table holds exactly the SUM over the stored LLM steps (its definition)."""
+    from wflo_otel.exporters.rollups import ROLLUPS, aggregate_sql
+
+    dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+    for rollup in ROLLUPS:
+        keys = ", ".join(rollup.key_columns)
+        stored = query(url, f"SELECT {', '.join(rollup.columns)} FROM {rollup.table} ORDER BY {keys}")
+        computed = query(url, f"SELECT * FROM ({aggregate_sql(rollup, dialect)}) AS a ORDER BY {keys}")
+        assert [r[:-1] for r in stored] == [r[:-1] for r in computed], f"{rollup.table}: keys or counts differ from the steps"
+        assert all(abs(a[-1] - b[-1]) < 1e-9 for a, b in zip(stored, computed)), f"{rollup.table}: cost differs"
 
 
 def batches(spans, size: int, *, seed: int = 0, shuffle: bool = True):

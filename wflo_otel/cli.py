@@ -241,8 +241,25 @@ def print_report(url: str, out=None, *, execution_id: str | None = None, workflo
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.html:
+        return _write_html_report(_existing_database_url(args), args)
     print_report(_existing_database_url(args), execution_id=args.execution, workflow=args.workflow)
     return 0  # failures: main() prints one line, with a hint for the kind of error
+
+
+def _write_html_report(url: str, args: argparse.Namespace) -> int:
+    from .dashboard.queries import BadRequest
+    from .dashboard.report import html_report
+
+    params = {"window": args.window, "from": args.date_from, "to": args.date_to}
+    try:
+        text = asyncio.run(html_report(url, {k: v for k, v in params.items() if v}))
+    except BadRequest as exc:
+        raise CommandError(f"report: {exc}") from None
+    with open(args.html, "w", encoding="utf-8") as out:
+        out.write(text)
+    print(f"wrote {args.html}")
+    return 0
 
 
 def _cmd_spool(args: argparse.Namespace) -> int:
@@ -303,7 +320,7 @@ def _safe(url: str) -> str:
 
 
 # Commands whose failures are about the database (the message names it, the hint is worded for it).
-_DATABASE_COMMANDS = {"db", "report", "spool", "serve"}
+_DATABASE_COMMANDS = {"db", "report", "spool", "serve", "ui"}
 
 
 def _error_chain(exc: BaseException) -> list[BaseException]:
@@ -390,8 +407,9 @@ def _report_failure(args: argparse.Namespace, exc: BaseException) -> None:
 
 DESCRIPTION = """\
 Cost tracking and budget enforcement for LLM workflows, stored in SQL (SQLite or PostgreSQL).
-Migrate or prune the schema (db), print the cost reports (report), receive spans from an
-OpenTelemetry pipeline over OTLP/HTTP (serve), write spans kept on disk while the database
+Migrate or prune the schema (db), print the cost reports or write them as HTML (report),
+receive spans from an OpenTelemetry pipeline over OTLP/HTTP with the dashboard at /
+(serve), show the dashboard alone (ui), write spans kept on disk while the database
 was away (spool), or run the demo against a local OpenAI-compatible server (demo)."""
 
 EPILOG = """\
@@ -404,6 +422,8 @@ examples:
   wflo-otel report --workflow support-agent
   wflo-otel report --database-url postgresql://postgres@127.0.0.1/wflo
   wflo-otel serve --port 4318
+  wflo-otel ui --port 8318
+  wflo-otel report --html report.html --window 30d
   wflo-otel spool status"""
 
 
@@ -481,6 +501,10 @@ def register_report(commands: Commands) -> None:
     )
     report.add_argument("--execution", metavar="ID", help="also list the steps of this execution")
     report.add_argument("--workflow", metavar="NAME", help="also show where this workflow's cost and time go")
+    report.add_argument("--html", metavar="FILE", help="write the dashboard's overview and executions as one self-contained HTML file")
+    report.add_argument("--window", choices=("today", "7d", "30d", "custom"), help="--html: the window (default 7d)")
+    report.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="--html with --window custom: first day")
+    report.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="--html with --window custom: last day")
     report.set_defaults(func=_cmd_report)
 
 
@@ -512,6 +536,14 @@ def register_serve(commands: Commands) -> None:
     serve.set_defaults(func=lambda args: ingest.run(args, args.database_url))
 
 
+def register_ui(commands: Commands) -> None:
+    from .dashboard import server as ui  # aiohttp loads only when it runs
+
+    parser = commands.add("ui", help="the browser dashboard alone on a database, read-only (serve also has it at /)")
+    ui.add_arguments(parser)
+    parser.set_defaults(func=lambda args: ui.run(args, _existing_database_url(args)))
+
+
 def register_controls(commands: Commands) -> None:
     from .controls.cli import register_approvals, register_checkpoints
 
@@ -526,7 +558,16 @@ def register_limits(commands: Commands) -> None:
     register(commands)
 
 
-COMMAND_GROUPS = [register_db, register_report, register_limits, register_spool, register_serve, register_controls, register_demo]
+COMMAND_GROUPS = [
+    register_db,
+    register_report,
+    register_limits,
+    register_spool,
+    register_serve,
+    register_ui,
+    register_controls,
+    register_demo,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..background import InThread, stop_event_on_signals
 from ..exporters import otlp
 from ..exporters.store import DEFAULT_DATABASE_URL, SpanStore
 from ..settings import ENV_DATABASE_URL
@@ -117,13 +118,15 @@ def _quiet_drivers() -> None:
         logging.getLogger(name).addFilter(_redactor)
 
 
-class IngestService:
+class IngestService(InThread):
     """The OTLP/HTTP receiver. ``await start()`` / ``await stop()``, or ``run_in_thread()``.
 
     ``port=0`` picks a free port; ``.port`` tells which once started. ``limits`` bounds
     memory, connections and time per client (``IngestLimits``; ``max_body_bytes``, when
     given, overrides its body bound). An empty ``token`` is a ``ValueError``, never "no auth".
     """
+
+    THREAD_NAME = "wflo-otel-ingest"
 
     def __init__(
         self,
@@ -206,6 +209,10 @@ class IngestService:
         app.router.add_get("/health", self._health)
         self._approvals = ApprovalRoutes(self.database_url, self._token_ok)
         self._approvals.add_to(app)
+
+        from ..dashboard.web import Dashboard  # the browser dashboard at /, same token
+
+        Dashboard(self.store.engine, self.token).add_routes(app)
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -268,52 +275,6 @@ class IngestService:
             await stop.wait()
         finally:
             await self.stop()
-
-    # -- in a background thread (tests, embedding) ----------------------------------
-
-    def run_in_thread(self, timeout_s: float = 30.0) -> "IngestService":
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            self._stop_event = asyncio.Event()
-            try:
-                loop.run_until_complete(self.start())
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_until_complete(self._stop_event.wait())
-                loop.run_until_complete(self.stop())
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=main, name="wflo-otel-ingest", daemon=True)
-        self._thread.start()
-        if not ready.wait(timeout_s):
-            raise TimeoutError("ingest service did not start")
-        if failure:
-            raise failure[0]
-        return self
-
-    def stop_thread(self, timeout_s: float = 60.0) -> None:
-        if self._thread is None or self._loop is None or self._stop_event is None:
-            return
-        self._loop.call_soon_threadsafe(self._stop_event.set)
-        self._thread.join(timeout_s)
-        self._thread = None
-
-    def __enter__(self) -> "IngestService":
-        return self.run_in_thread()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_thread()
 
     # -- handlers ------------------------------------------------------------------
 
@@ -545,13 +506,7 @@ async def _serve(options: ServeOptions, database_url: str | None, *, reuse_port:
         max_pending_spans=options.max_pending_spans,
         reuse_port=reuse_port,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on the main thread / Windows
-            pass
+    stop = stop_event_on_signals()
     try:
         await service.start()
     except OSError as exc:

@@ -1,0 +1,401 @@
+"""Every number the dashboard shows, computed here and only here.
+
+The pages, the JSON API (``/api/...``) and ``wflo-otel report --html`` all call these
+functions, so what a page shows is what its JSON says is what this SQL returns. Anything
+over a time window reads the rollup tables (``exporters/rollups.py``), never the steps:
+a window of two days or less reads ``cost_rollup_hourly`` (hourly buckets), a longer one
+``cost_rollup_daily`` (daily buckets), tenants ``cost_rollup_tenant_daily``. Windows are
+whole UTC days (``today`` is since midnight UTC), so every rollup answers them exactly.
+The executions list reads ``workflow_executions`` inside the window (its ``started_at``
+index) and one execution reads its steps (the ``execution_id`` index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..exporters.schema import (
+    cost_rollup_daily,
+    cost_rollup_hourly,
+    cost_rollup_tenant_daily,
+    step_executions,
+    workflow_executions,
+)
+
+WINDOWS = {"today": 1, "7d": 7, "30d": 30}
+DIMENSIONS = ("model", "workflow", "tenant")
+TOP = 10
+SERIES_KEYS = 8  # series beyond these are summed as OTHER
+PAGE_SIZE = 50
+SORTS = {
+    "started": workflow_executions.c.started_at,
+    "cost": workflow_executions.c.cost_total_usd,
+    "calls": workflow_executions.c.llm_calls,
+    "tokens": workflow_executions.c.input_tokens + workflow_executions.c.output_tokens,
+}
+STATUSES = ("COMPLETED", "FAILED", "BUDGET_EXCEEDED", "RUNNING")
+# Tables of capabilities built apart (spend limits, controls): a page each when they exist.
+LIMIT_TABLE_PREFIXES = ("spend_limit", "limit_period")
+CONTROL_TABLES = ("state_snapshots", "approval_requests", "rollback_actions")
+
+
+class BadRequest(ValueError):
+    """A query parameter the dashboard cannot read (answered 400, shown on the page)."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """Whole UTC days ``[start, end)``; ``name`` is ``today``, ``7d``, ``30d`` or ``custom``."""
+
+    name: str
+    start: datetime
+    end: datetime
+
+    @property
+    def hourly(self) -> bool:
+        return self.end - self.start <= timedelta(days=2)
+
+    @property
+    def label(self) -> str:
+        last = (self.end - timedelta(days=1)).date()
+        first = self.start.date()
+        return first.isoformat() if first == last else f"{first.isoformat()} to {last.isoformat()}"
+
+    def params(self) -> dict[str, str]:
+        if self.name == "custom":
+            return {"window": "custom", "from": self.start.date().isoformat(), "to": (self.end - timedelta(days=1)).date().isoformat()}
+        return {"window": self.name}
+
+
+def window_from(params: Mapping[str, str], *, today: date | None = None) -> Window:
+    """The window a request names (``window=today|7d|30d`` or ``window=custom&from=&to=``); 7 days by default."""
+    today = today or datetime.now(timezone.utc).date()
+    name = params.get("window") or "7d"
+    if name in WINDOWS:
+        end = _midnight(today + timedelta(days=1))
+        return Window(name, end - timedelta(days=WINDOWS[name]), end)
+    if name != "custom":
+        raise BadRequest(f"unknown window {name!r}: today, 7d, 30d or custom")
+    try:
+        first = date.fromisoformat(params.get("from") or "")
+        last = date.fromisoformat(params.get("to") or params.get("from") or "")
+    except ValueError:
+        raise BadRequest("a custom window needs from= and to= as YYYY-MM-DD") from None
+    if last < first:
+        first, last = last, first
+    if (last - first).days > 366:
+        raise BadRequest("a custom window is at most 366 days")
+    return Window("custom", _midnight(first), _midnight(last + timedelta(days=1)))
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=timezone.utc)
+
+
+def _utc(value: Any) -> Any:
+    """Timestamps as aware UTC (SQLite gives them back naive)."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+# --------------------------------------------------------------------------- overview
+
+
+@dataclass
+class Totals:
+    cost_usd: float = 0.0
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    refusals: int = 0
+    errors: int = 0
+
+
+@dataclass
+class Overview:
+    window: Window
+    by: str
+    bucket: str  # "hour" or "day"
+    totals: Totals
+    buckets: list[datetime]
+    series: dict[str, list[float]]  # key -> cost per bucket, in the order of ``buckets``
+    top_workflows: list[dict[str, Any]]
+    top_models: list[dict[str, Any]]
+    top_tenants: list[dict[str, Any]]
+    limits: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["window"] = {"name": self.window.name, "start": self.window.start.isoformat(), "end": self.window.end.isoformat()}
+        data["buckets"] = [b.isoformat() for b in self.buckets]
+        return data
+
+
+def _rollup_for(window: Window, by: str) -> tuple[sa.Table, sa.Column, str]:
+    """(table, its bucket column, "hour"/"day") answering ``window`` grouped ``by``."""
+    if by == "tenant":
+        return cost_rollup_tenant_daily, cost_rollup_tenant_daily.c.day, "day"
+    if window.hourly:
+        return cost_rollup_hourly, cost_rollup_hourly.c.hour, "hour"
+    return cost_rollup_daily, cost_rollup_daily.c.day, "day"
+
+
+def _dimension(table: sa.Table, by: str) -> sa.Column:
+    return table.c["workflow_id" if by == "workflow" else by]
+
+
+async def overview(conn: AsyncConnection, window: Window, by: str = "model") -> Overview:
+    """Spend, calls, tokens, refusals and errors in ``window``; cost over time stacked ``by``; the tops."""
+    if by not in DIMENSIONS:
+        raise BadRequest(f"unknown grouping {by!r}: {', '.join(DIMENSIONS)}")
+    totals, tops = await _breakdown(conn, window)
+    tops["tenant"] = await top(conn, window, "tenant")
+    buckets, series = await _series(conn, window, by, [r["name"] for r in tops[by][:SERIES_KEYS]])
+    return Overview(
+        window=window,
+        by=by,
+        bucket=_rollup_for(window, by)[2],
+        totals=totals,
+        buckets=buckets,
+        series=series,
+        top_workflows=tops["workflow"],
+        top_models=tops["model"],
+        top_tenants=tops["tenant"],
+    )
+
+
+_MEASURES = ("cost_usd", "calls", "input_tokens", "output_tokens", "refusals", "errors")
+
+
+async def _breakdown(conn: AsyncConnection, window: Window) -> tuple[Totals, dict[str, list[dict[str, Any]]]]:
+    """The window's totals and its top workflows and models, from one query grouped by (workflow, model).
+
+    A few hundred rows at most (workflows x models), summed again here: one scan of the rollup
+    instead of one per figure.
+    """
+    table, bucket_col, _ = _rollup_for(window, "model")
+    c = table.c
+    rows = await conn.execute(
+        sa.select(c.workflow_id, c.model, *(sa.func.sum(c[m]) for m in _MEASURES))
+        .where(bucket_col >= window.start, bucket_col < window.end)
+        .group_by(c.workflow_id, c.model)
+    )
+    totals = [0.0, 0, 0, 0, 0, 0]
+    by: dict[str, dict[str, list]] = {"workflow": {}, "model": {}}
+    for workflow, model, *values in rows:
+        for kind, name in (("workflow", workflow), ("model", model)):
+            acc = by[kind].setdefault(name, [0.0, 0, 0, 0, 0, 0])
+            for i, value in enumerate(values):
+                acc[i] += value
+        for i, value in enumerate(values):
+            totals[i] += value
+    tops = {
+        kind: [_top_row(name, acc) for name, acc in sorted(names.items(), key=lambda item: (-item[1][0], item[0]))[:TOP]]
+        for kind, names in by.items()
+    }
+    return Totals(float(totals[0]), *(int(v) for v in totals[1:])), tops
+
+
+def _top_row(name: str, acc: list) -> dict[str, Any]:
+    cost, calls, inp, out, refusals, errors = acc
+    return {"name": name, "cost_usd": float(cost), "calls": int(calls), "tokens": int(inp + out), "refusals": int(refusals), "errors": int(errors)}
+
+
+async def top(conn: AsyncConnection, window: Window, by: str, limit: int = TOP) -> list[dict[str, Any]]:
+    """The ``limit`` dearest workflows / models / tenants in ``window`` (cost, calls, tokens, refusals, errors)."""
+    table, bucket_col, _ = _rollup_for(window, by)
+    key = _dimension(table, by)
+    c = table.c
+    cost = sa.func.sum(c.cost_usd)
+    rows = await conn.execute(
+        sa.select(key, cost, *(sa.func.sum(c[m]) for m in _MEASURES[1:]))
+        .where(bucket_col >= window.start, bucket_col < window.end)
+        .group_by(key)
+        .order_by(cost.desc(), key)
+        .limit(limit)
+    )
+    return [_top_row(r[0], list(r[1:])) for r in rows]
+
+
+OTHER = "(other)"
+
+
+async def _series(
+    conn: AsyncConnection, window: Window, by: str, keys: list[str]
+) -> tuple[list[datetime], dict[str, list[float]]]:
+    """Every bucket of ``window`` and the cost per bucket of each of ``keys``, the rest summed as ``OTHER``.
+
+    Grouped in SQL down to at most (buckets x (keys + 1)) rows, whatever the number of tenants.
+    """
+    table, bucket_col, bucket = _rollup_for(window, by)
+    key = _dimension(table, by)
+    # NULL stands for "any other key" (no key is NULL: the rollup's keys are NOT NULL).
+    series_key = sa.case((key.in_(keys), key), else_=sa.null()) if keys else sa.null()
+    rows = (
+        await conn.execute(
+            sa.select(bucket_col, series_key, sa.func.sum(table.c.cost_usd))
+            .where(bucket_col >= window.start, bucket_col < window.end)
+            .group_by(bucket_col, series_key)
+        )
+    ).all()
+    step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
+    buckets = []
+    at = window.start
+    while at < window.end:
+        buckets.append(at)
+        at += step
+    index = {b: i for i, b in enumerate(buckets)}
+    series = {name: [0.0] * len(buckets) for name in keys}
+    for when, name, cost in rows:
+        i = index.get(_utc(when))
+        if i is not None:
+            series.setdefault(OTHER if name is None else name, [0.0] * len(buckets))[i] += float(cost)
+    return buckets, series
+
+
+# --------------------------------------------------------------------------- executions
+
+
+@dataclass
+class ExecutionFilter:
+    window: Window
+    workflow: str | None = None
+    status: str | None = None
+    sort: str = "started"
+    descending: bool = True
+    page: int = 1
+
+    def params(self, **changes: Any) -> dict[str, str]:
+        """The query parameters of this filter with ``changes`` (for links: sort, page)."""
+        values = {**self.window.params(), "workflow": self.workflow, "status": self.status, "sort": self.sort,
+                  "order": "desc" if self.descending else "asc", "page": str(self.page)}
+        values.update({k: (str(v) if v is not None else None) for k, v in changes.items()})
+        return {k: v for k, v in values.items() if v}
+
+
+def execution_filter(params: Mapping[str, str]) -> ExecutionFilter:
+    sort = params.get("sort") or "started"
+    if sort not in SORTS:
+        raise BadRequest(f"unknown sort {sort!r}: {', '.join(SORTS)}")
+    status = params.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"unknown status {status!r}: {', '.join(STATUSES)}")
+    try:
+        page = max(1, int(params.get("page") or 1))
+    except ValueError:
+        raise BadRequest("page must be a number") from None
+    return ExecutionFilter(
+        window=window_from(params),
+        workflow=params.get("workflow") or None,
+        status=status,
+        sort=sort,
+        descending=(params.get("order") or "desc") != "asc",
+        page=page,
+    )
+
+
+_EXECUTION_COLUMNS = (
+    "id", "workflow_id", "status", "budget_usd", "cost_total_usd", "input_tokens", "output_tokens",
+    "llm_calls", "started_at", "ended_at", "error",
+)
+
+
+def _execution_dict(row: Any) -> dict[str, Any]:
+    data = {name: _utc(value) for name, value in zip(_EXECUTION_COLUMNS, row)}
+    started, ended = data["started_at"], data["ended_at"]
+    data["duration_ms"] = (ended - started).total_seconds() * 1000 if started and ended else None
+    return data
+
+
+async def executions(conn: AsyncConnection, flt: ExecutionFilter) -> tuple[list[dict[str, Any]], bool]:
+    """One page of executions started in the filter's window, and whether another page follows."""
+    e = workflow_executions
+    order = SORTS[flt.sort]
+    query = (
+        sa.select(*(e.c[name] for name in _EXECUTION_COLUMNS))
+        .where(e.c.started_at >= flt.window.start, e.c.started_at < flt.window.end)
+        .order_by(order.desc() if flt.descending else order.asc(), e.c.id.desc() if flt.descending else e.c.id.asc())
+        .limit(PAGE_SIZE + 1)
+        .offset((flt.page - 1) * PAGE_SIZE)
+    )
+    if flt.workflow:
+        query = query.where(e.c.workflow_id == flt.workflow)
+    if flt.status:
+        query = query.where(e.c.status == flt.status)
+    rows = [_execution_dict(r) for r in await conn.execute(query)]
+    return rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
+
+
+async def workflow_names(conn: AsyncConnection) -> list[str]:
+    from ..exporters.schema import workflow_definitions as d
+
+    return [r[0] for r in await conn.execute(sa.select(d.c.id).order_by(d.c.id).limit(500))]
+
+
+_STEP_COLUMNS = (
+    "id", "parent_span_id", "name", "kind", "status", "error_type", "request_model", "response_model",
+    "input_tokens", "output_tokens", "cost_usd", "started_at", "ended_at", "duration_ms",
+)
+
+
+async def execution(conn: AsyncConnection, execution_id: str) -> dict[str, Any] | None:
+    """One execution with its steps in start order (and its control rows where those tables exist)."""
+    e, s = workflow_executions, step_executions
+    row = (await conn.execute(sa.select(*(e.c[n] for n in _EXECUTION_COLUMNS)).where(e.c.id == execution_id))).first()
+    if row is None:
+        return None
+    data = _execution_dict(row)
+    steps = await conn.execute(
+        sa.select(*(s.c[n] for n in _STEP_COLUMNS)).where(s.c.execution_id == execution_id).order_by(s.c.started_at, s.c.id)
+    )
+    data["steps"] = [{n: _utc(v) for n, v in zip(_STEP_COLUMNS, r)} for r in steps]
+    data["controls"] = {}
+    for table in sorted(set(CONTROL_TABLES) & await existing_tables(conn)):
+        columns, rows = await table_rows(conn, table, where_execution=execution_id)
+        data["controls"][table] = [dict(zip(columns, r)) for r in rows]
+    return data
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+async def existing_tables(conn: AsyncConnection) -> set[str]:
+    """The tables of the database (one catalog query: this runs for every page's navigation)."""
+    if conn.dialect.name == "postgresql":
+        sql = "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema()"
+    else:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    return {row[0] for row in await conn.execute(sa.text(sql))}
+
+
+async def optional_pages(conn: AsyncConnection) -> dict[str, list[str]]:
+    """The pages of capabilities built apart, with their tables, when those tables exist."""
+    tables = await existing_tables(conn)
+    pages = {}
+    limits = sorted(t for t in tables if t.startswith(LIMIT_TABLE_PREFIXES))
+    if limits:
+        pages["limits"] = limits
+    if "approval_requests" in tables:
+        pages["approvals"] = ["approval_requests"]
+    return pages
+
+
+async def table_rows(
+    conn: AsyncConnection, table: str, *, where_execution: str | None = None, limit: int = 200
+) -> tuple[list[str], list[tuple]]:
+    """Rows of a table the dashboard knows only by name (newest first when it has ``created_at``)."""
+    reflected = sa.Table(table, sa.MetaData())
+    await conn.run_sync(lambda sync: sa.inspect(sync).reflect_table(reflected, None))
+    query = sa.select(reflected).limit(limit)
+    if where_execution is not None and "execution_id" in reflected.c:
+        query = query.where(reflected.c.execution_id == where_execution)
+    if "created_at" in reflected.c:
+        query = query.order_by(reflected.c.created_at.desc() if where_execution is None else reflected.c.created_at)
+    result = await conn.execute(query)
+    return list(result.keys()), [tuple(r) for r in result]

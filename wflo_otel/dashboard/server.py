@@ -1,0 +1,89 @@
+"""``wflo-otel ui``: the dashboard alone on a database, read-only (it never writes a row)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from aiohttp import web
+
+from ..background import InThread, stop_event_on_signals
+from ..exporters.store import create_engine
+from ..ingest.options import DEFAULT_HOST, ENV_TOKEN
+from .web import dashboard_app
+
+DEFAULT_UI_PORT = 8318
+_log = logging.getLogger("wflo_otel.dashboard")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: loopback only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help=f"port (default {DEFAULT_UI_PORT}; 0 = any free port)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(ENV_TOKEN) or None,
+        help=f"token a browser signs in with / API calls carry as a bearer token (default ${ENV_TOKEN}; unset = none)",
+    )
+
+
+class UIServer(InThread):
+    """The dashboard on ``database_url`` at ``host:port``; ``run_in_thread()`` for tests and embedding."""
+
+    THREAD_NAME = "wflo-otel-ui"
+
+    def __init__(self, database_url: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_UI_PORT, token: str | None = None) -> None:
+        self.database_url = database_url
+        self.host = host
+        self.port = port
+        self.token = token.encode("utf-8") if token else None
+        self._runner: web.AppRunner | None = None
+        self._engine = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> "UIServer":
+        self._engine = create_engine(self.database_url)
+        self._runner = web.AppRunner(dashboard_app(self._engine, self.token), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
+        if sockets and self.port == 0:
+            self.port = sockets[0].getsockname()[1]
+        if self.token is None and self.host not in ("127.0.0.1", "::1", "localhost"):
+            _log.warning("wflo-otel ui: listening on %s without a token (set %s)", self.host, ENV_TOKEN)
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+
+def run(args: argparse.Namespace, database_url: str) -> int:
+    """Serve until SIGTERM/SIGINT; print the address first."""
+
+    async def serve() -> int:
+        server = UIServer(database_url, host=args.host, port=args.port, token=args.token)
+        stop = stop_event_on_signals()
+        try:
+            await server.start()
+        except OSError as exc:
+            print(f"wflo-otel ui: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        print(f"wflo-otel dashboard on {server.url}/", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+        return 0
+
+    return asyncio.run(serve())
