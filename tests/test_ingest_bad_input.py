@@ -85,7 +85,7 @@ def bad_cases(rng: random.Random, valid: bytes, valid_json: bytes) -> list[Case]
         ),
         lambda: Case("unsupported encoding", valid, 415, encoding=rng.choice(["br", "deflate", "compress", "zstd"])),
         lambda: Case("wrong method", b"", 405, method=rng.choice(["GET", "PUT", "DELETE"])),
-        lambda: Case("unknown path", valid, 404, path=rng.choice(["/v1/logs", "/v1/metrics", "/", "/v1/traces/x"])),
+        lambda: Case("unknown path", valid, 404, path=rng.choice(["/v1/logs", "/v1/metrics", "/v1/traces/x", "/v2/traces"])),
         lambda: Case("header too long", valid, 400, headers={"X-Junk": "a" * 10_000}),
         lambda: _invalid_ids_case(rng),
         lambda: Case("json id neither hex nor base64", JUNK_ID_JSON, 200, JSON, rejected=1),
