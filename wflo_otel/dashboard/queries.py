@@ -167,6 +167,7 @@ async def overview(conn: AsyncConnection, window: Window, by: str = "model") -> 
         top_workflows=tops["workflow"],
         top_models=tops["model"],
         top_tenants=tops["tenant"],
+        limits=await current_limit_periods(conn) if "spend_limit_periods" in await existing_tables(conn) else [],
     )
 
 
@@ -360,6 +361,62 @@ async def execution(conn: AsyncConnection, execution_id: str) -> dict[str, Any] 
         columns, rows = await table_rows(conn, table, where_execution=execution_id)
         data["controls"][table] = [dict(zip(columns, r)) for r in rows]
     return data
+
+
+# --------------------------------------------------------------------------- limits
+
+# What ``wflo-otel limits`` shows, from the same view (``spend_per_limit``, migration 0004).
+_LIMIT_COLUMNS = (
+    "limit_name", "limit_key", "per", "period_start", "period_end", "limit_usd", "spent_usd", "leased_usd",
+    "remaining_usd", "alerted_threshold",
+)
+
+
+async def current_limit_periods(conn: AsyncConnection, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Each spend limit's current period per key: spent, limit, leased, remaining, resets at (``period_end``).
+
+    One indexed read of ``spend_per_limit`` (``period_end > now``): a row per limit and key,
+    however long the history. ``spent_usd`` is what the processes reported; ``leased_usd`` is
+    held by running processes and not spent yet.
+    """
+    from ..limits_store import timestamp_param
+
+    at = timestamp_param(now or datetime.now(timezone.utc), conn.dialect.name == "sqlite")
+    rows = await conn.execute(
+        sa.text(f"SELECT {', '.join(_LIMIT_COLUMNS)} FROM spend_per_limit WHERE period_end > :now ORDER BY limit_name, limit_key"),
+        {"now": at},
+    )
+    return [{name: _utc(_parse_ts(name, value)) for name, value in zip(_LIMIT_COLUMNS, row)} for row in rows]
+
+
+def _parse_ts(name: str, value: Any) -> Any:
+    """A view hands SQLite's timestamps back as text (no column type): read them as datetimes."""
+    if name in ("period_start", "period_end") and isinstance(value, str):
+        return datetime.fromisoformat(value)
+    return value
+
+
+# --------------------------------------------------------------------------- approvals
+
+DECIDED_SHOWN = 50
+
+
+async def approvals(conn: AsyncConnection, *, pending: bool, limit: int = 100) -> list[Any]:
+    """Pending requests (oldest first: the longest waiting on top) or decided ones (latest decision first).
+
+    The controls' own query and record (``controls.store.approval_query``): the page shows
+    what the CLI and ``/v1/approvals`` return.
+    """
+    from ..controls.records import STATUS_PENDING
+    from ..controls.schema import approval_requests as a
+    from ..controls.store import approval_query, approval_record
+
+    query = approval_query().limit(limit)
+    if pending:
+        query = query.where(a.c.status == STATUS_PENDING).order_by(a.c.created_at, a.c.id)
+    else:
+        query = query.where(a.c.status != STATUS_PENDING).order_by(a.c.decided_at.desc(), a.c.id)
+    return [approval_record(row) for row in (await conn.execute(query)).mappings()]
 
 
 # --------------------------------------------------------------------------- hooks
