@@ -33,6 +33,7 @@ form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:end;margin:8px 0}fo
 .meter.over div{background:#e15759}.lane{position:relative;height:14px;background:#f3f4f6;min-width:300px}
 .lane div{position:absolute;top:2px;height:10px;border-radius:2px;min-width:2px}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(400px,1fr));gap:16px}.grid>div{min-width:0;overflow-x:auto}td{white-space:nowrap}
+form.decide{display:flex;flex-wrap:wrap;gap:4px;align-items:center;min-width:260px}form.decide input{width:9em}
 .error{color:#b91c1c}.muted{color:#777}.status-FAILED,.status-BUDGET_EXCEEDED,.status-ERROR{color:#b91c1c;font-weight:600}
 """
 
@@ -237,13 +238,13 @@ def _decision_form(a: Any, csrf: str, approver: str | None) -> str:
     who = (
         f'<input type=hidden name=by value="{attr(approver)}"><span class=muted>as {e(approver)}</span>'
         if approver
-        else f'<input name=by id="by-{attr(a.id)}" placeholder="your name" required maxlength=200 size=12>'
+        else f'<input name=by id="by-{attr(a.id)}" placeholder="your name" required maxlength=200>'
     )
     return (
         f'<form method=post action="{href("/approvals/" + a.id + "/decide")}" class=decide>'
-        f'<input type=hidden name=csrf value="{attr(csrf)}">{who} '
-        f'<input name=comment id="comment-{attr(a.id)}" placeholder="comment / reason" maxlength=2000 size=18> '
-        f'<button name=decision value=approve id="approve-{attr(a.id)}">approve</button> '
+        f'<input type=hidden name=csrf value="{attr(csrf)}">{who}'
+        f'<input name=comment id="comment-{attr(a.id)}" placeholder="comment / reason" maxlength=2000>'
+        f'<button name=decision value=approve id="approve-{attr(a.id)}">approve</button>'
         f'<button name=decision value=reject id="reject-{attr(a.id)}">reject</button></form>'
     )
 
