@@ -113,3 +113,40 @@ def test_a_configured_approver_name_is_who_decides(filled_url):
         )
     assert answer.status_code == 303
     assert _status(filled_url, approval_id) == ("REJECTED", "ops-oncall", "too much")
+
+
+def test_serve_decides_in_the_browser_with_its_token(filled_url):
+    from wflo_otel.ingest.server import IngestService
+
+    approval_id = add_pending_approval(filled_url)
+    with IngestService(filled_url, port=0, token=TOKEN) as service:
+        client = _signed_in(service)
+        page = client.get("/approvals").text
+        assert f'id="approve-{approval_id}"' in page
+        answer = client.post(f"/approvals/{approval_id}/decide", data={"csrf": _csrf(page), "decision": "approve", "by": "carol"})
+    assert answer.status_code == 303
+    assert _status(filled_url, approval_id) == ("APPROVED", "carol", None)
+
+
+def test_the_ui_command_decides_only_with_allow_approvals(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/wflo.db"
+    write_spans(url, dashboard_spans(3, hostile_every=0))
+    approval_id = add_pending_approval(url)
+    command = [sys.executable, "-c", "from wflo_otel.cli import main; raise SystemExit(main())", "--database-url", url, "ui", "--port", "0"]
+    env = {**os.environ, "WFLO_INGEST_TOKEN": ""}
+    for extra, expected in (([], ("PENDING", None, None)), (["--allow-approvals", "--approver", "ops-oncall"], ("APPROVED", "ops-oncall", None))):
+        process = subprocess.Popen(command + extra, stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            base = re.search(r"on (http://\S+)/", process.stdout.readline()).group(1)
+            client = Client(base)
+            client.get("/approvals")
+            client.post(f"/approvals/{approval_id}/decide", data={"csrf": client.cookies["wflo_csrf"], "decision": "approve"})
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+        assert _status(url, approval_id) == expected
