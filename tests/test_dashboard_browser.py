@@ -98,6 +98,17 @@ def _visit(driver, url: str, shot: str) -> None:
     assert not errors, f"console errors on {url}: {errors}"
 
 
+def _submit(driver, button_id: str) -> None:
+    """Click a submit button and wait for the next page (a click does not always wait for it)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "main")
+    driver.find_element(By.ID, button_id).click()
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(old))
+
+
 def test_sign_in_is_required_and_the_form_signs_in(browser, site):
     from selenium.webdriver.common.by import By
 
@@ -154,10 +165,10 @@ def test_the_filters_change_the_executions_listed(signed_in, site):
     rows = lambda: signed_in.find_elements(By.CSS_SELECTOR, "#executions tbody tr")  # noqa: E731
     assert len(rows()) == 30
     Select(signed_in.find_element(By.ID, "workflow")).select_by_value("triage")
-    signed_in.find_element(By.ID, "apply").click()
+    _submit(signed_in, "apply")
     assert len(rows()) == 10 and all("triage" in r.text for r in rows())
     Select(signed_in.find_element(By.ID, "status")).select_by_value("BUDGET_EXCEEDED")
-    signed_in.find_element(By.ID, "apply").click()
+    _submit(signed_in, "apply")
     (expected,) = query(url, "SELECT COUNT(*) FROM workflow_executions WHERE workflow_id = 'triage' AND status = 'BUDGET_EXCEEDED'")[0]
     assert len(rows()) == expected and 0 < expected < 10
     signed_in.save_screenshot(str(SCREENSHOTS / "executions-filtered.png"))
@@ -245,7 +256,7 @@ def test_an_approve_click_releases_a_waiting_workflow(browser, waiting_workflow)
     browser.find_element(By.ID, f"comment-{approval_id}").send_keys("known customer")
     assert waiter.is_alive()  # still waiting before the click
     clicked = time.monotonic()
-    browser.find_element(By.ID, f"approve-{approval_id}").click()
+    _submit(browser, f"approve-{approval_id}")
     waiter.join(timeout=5)
     assert not waiter.is_alive() and "error" not in outcome, outcome
     assert outcome["returned_at"] - clicked < 2.0

@@ -40,7 +40,10 @@ def _signed_in(server) -> Client:
     return client
 
 
-def test_the_limits_page_shows_each_current_period_as_the_view_has_it(filled_url):
+def test_the_limits_page_shows_each_current_period_as_the_view_has_it(filled_url, monkeypatch):
+    from wflo_otel.dashboard import queries
+
+    monkeypatch.setattr(queries, "OVERVIEW_LIMITS", 2)
     current = add_limit_periods(filled_url)
     with UIServer(filled_url, port=0) as ui:
         client = Client(ui.url)
@@ -59,8 +62,11 @@ def test_the_limits_page_shows_each_current_period_as_the_view_has_it(filled_url
     for _, _, _, leased, remaining in expected:
         assert f"${leased:,.6f}" in page and f"${remaining:,.6f}" in page
     assert 'class="meter over"' in page  # tenant-0 spent past its limit
-    assert [float(v) for v in re.findall(r'id="limit-spent-\d+" data-value="([^"]+)"', overview)] == shown
-    assert [p["spent_usd"] for p in api["limits"]] == shown
+    # The Overview: the periods nearest their limit first (tenant-0 125 %, tenant-1 30 %), and how many in all.
+    nearest = [0.0125, 0.003]
+    assert [float(v) for v in re.findall(r'id="limit-spent-\d+" data-value="([^"]+)"', overview)] == nearest
+    assert "all 3 on the Limits page" in overview
+    assert [p["spent_usd"] for p in api["limits"]] == nearest and api["limits_total"] == 3
 
 
 def test_a_read_only_ui_lists_approvals_without_buttons_and_refuses_a_decision(filled_url):

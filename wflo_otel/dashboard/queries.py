@@ -128,7 +128,8 @@ class Overview:
     top_workflows: list[dict[str, Any]]
     top_models: list[dict[str, Any]]
     top_tenants: list[dict[str, Any]]
-    limits: list[dict[str, Any]] = field(default_factory=list)
+    limits: list[dict[str, Any]] = field(default_factory=list)  # the most used current periods of the spend limits
+    limits_total: int = 0  # current periods in all (the Limits page lists them)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -167,8 +168,16 @@ async def overview(conn: AsyncConnection, window: Window, by: str = "model") -> 
         top_workflows=tops["workflow"],
         top_models=tops["model"],
         top_tenants=tops["tenant"],
-        limits=await current_limit_periods(conn) if "spend_limit_periods" in await existing_tables(conn) else [],
+        **await _overview_limits(conn),
     )
+
+
+async def _overview_limits(conn: AsyncConnection) -> dict[str, Any]:
+    """The most used current periods of the spend limits, where spend limits exist."""
+    if "spend_limit_periods" not in await existing_tables(conn):
+        return {}
+    periods, total = await current_limit_periods(conn, most_used=True, limit=OVERVIEW_LIMITS)
+    return {"limits": periods, "limits_total": total}
 
 
 _MEASURES = ("cost_usd", "calls", "input_tokens", "output_tokens", "refusals", "errors")
@@ -372,21 +381,40 @@ _LIMIT_COLUMNS = (
 )
 
 
-async def current_limit_periods(conn: AsyncConnection, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Each spend limit's current period per key: spent, limit, leased, remaining, resets at (``period_end``).
+LIMITS_SHOWN = 1000  # the Limits page (a row per limit and key: per-tenant limits make many)
+OVERVIEW_LIMITS = 8  # the Overview: the most used current periods
 
-    One indexed read of ``spend_per_limit`` (``period_end > now``): a row per limit and key,
-    however long the history. ``spent_usd`` is what the processes reported; ``leased_usd`` is
-    held by running processes and not spent yet.
+
+async def current_limit_periods(
+    conn: AsyncConnection, now: datetime | None = None, *, most_used: bool = False, limit: int = LIMITS_SHOWN
+) -> tuple[list[dict[str, Any]], int]:
+    """Each spend limit's current period per key, and how many there are in all.
+
+    Spent, limit, leased, remaining, the highest alert threshold fired, resets at
+    (``period_end``): one read of ``spend_per_limit`` with ``period_end > now`` (indexed),
+    the rows ``wflo-otel limits`` shows. By limit and key; with ``most_used``, the largest
+    share of their limit spent first (the Overview's few). ``spent_usd`` is what the
+    processes reported; ``leased_usd`` is held by running processes and not spent yet.
     """
     from ..limits_store import timestamp_param
 
     at = timestamp_param(now or datetime.now(timezone.utc), conn.dialect.name == "sqlite")
-    rows = await conn.execute(
-        sa.text(f"SELECT {', '.join(_LIMIT_COLUMNS)} FROM spend_per_limit WHERE period_end > :now ORDER BY limit_name, limit_key"),
-        {"now": at},
+    order = (
+        "CASE WHEN limit_usd > 0 THEN spent_usd / limit_usd END DESC NULLS LAST, limit_name, limit_key"
+        if most_used
+        else "limit_name, limit_key"
     )
-    return [{name: _utc(_parse_ts(name, value)) for name, value in zip(_LIMIT_COLUMNS, row)} for row in rows]
+    rows = (
+        await conn.execute(
+            sa.text(
+                f"SELECT {', '.join(_LIMIT_COLUMNS)}, COUNT(*) OVER () FROM spend_per_limit"
+                f" WHERE period_end > :now ORDER BY {order} LIMIT :limit"
+            ),
+            {"now": at, "limit": limit},
+        )
+    ).all()
+    periods = [{name: _utc(_parse_ts(name, value)) for name, value in zip(_LIMIT_COLUMNS, row)} for row in rows]
+    return periods, (rows[0][-1] if rows else 0)
 
 
 def _parse_ts(name: str, value: Any) -> Any:

@@ -133,12 +133,13 @@ def overview_body(ov: Overview, params: Mapping[str, str], *, links: bool = True
             ("tenants", "tenant", ov.top_tenants),
         )
     )
-    limits = (
-        "<h2>Spend limits <span class=muted>(current periods; the window's spend is above)</span></h2>"
-        + limits_table(ov.limits, compact=True)
-        if ov.limits
-        else ""
-    )
+    limits = ""
+    if ov.limits:
+        more = f'<a href="/limits" id=all-limits>all {ov.limits_total:,} on the Limits page</a>' if links else f"{ov.limits_total:,} in all"
+        limits = (
+            f"<h2>Spend limits <span class=muted>the {len(ov.limits)} current periods nearest their limit ({more}); "
+            "the window's spend is above</span></h2>" + limits_table(ov.limits, compact=True)
+        )
     return (
         f"<h1>Overview <span class=muted>{e(ov.window.label)} (UTC)</span></h1>{form}"
         f"<div class=cards>{cards}</div>{limits}<h2>Cost by {e(ov.by)} per {e(ov.bucket)}</h2>{chart}<div class=grid>{tops}</div>"
@@ -167,9 +168,10 @@ def _threshold(value: float | None) -> str:
     return "" if value is None else f"{value:.0%}"
 
 
-def limits_body(periods: Sequence[Mapping[str, Any]]) -> str:
+def limits_body(periods: Sequence[Mapping[str, Any]], total: int) -> str:
+    shown = f"{total:,} current periods" + (f", the first {len(periods):,} by limit and key" if total > len(periods) else "")
     return (
-        "<h1>Spend limits <span class=muted>current periods</span></h1>"
+        f"<h1>Spend limits <span class=muted>{e(shown)}</span></h1>"
         "<p class=muted>Spent is what the processes reported; leased is held by running processes and not spent yet; "
         "remaining is the limit less spent. What <code>wflo-otel limits</code> shows, from the view <code>spend_per_limit</code>.</p>"
         + limits_table(periods)

@@ -146,8 +146,8 @@ class Dashboard:
         if "limits" not in await self.optional_pages():
             raise web.HTTPNotFound(text="Spend limits: not set up in this database")
         async with self.engine.connect() as conn:
-            periods = await queries.current_limit_periods(conn)
-        return await self._html(request, "limits", render.limits_body(periods))
+            periods, total = await queries.current_limit_periods(conn)
+        return await self._html(request, "limits", render.limits_body(periods, total))
 
     async def approvals_page(
         self, request: web.Request, *, conflict: Any = None, notice: str = "", status: int = 200
