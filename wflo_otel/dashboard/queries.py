@@ -439,11 +439,14 @@ async def approvals(conn: AsyncConnection, *, pending: bool, limit: int = 100) -
     from ..controls.schema import approval_requests as a
     from ..controls.store import approval_query, approval_record
 
-    query = approval_query().limit(limit)
     if pending:
-        query = query.where(a.c.status == STATUS_PENDING).order_by(a.c.created_at, a.c.id)
+        where, order = a.c.status == STATUS_PENDING, (a.c.created_at, a.c.id)
     else:
-        query = query.where(a.c.status != STATUS_PENDING).order_by(a.c.decided_at.desc(), a.c.id)
+        where, order = a.c.status != STATUS_PENDING, (a.c.decided_at.desc(), a.c.id)
+    # The page's ids first, then their workflows. Joined before the LIMIT, the page took 83 ms
+    # (p50) at 10,000 decided requests over 125,000 executions; this way 15 ms (bench/dashboard.py).
+    ids = sa.select(a.c.id).where(where).order_by(*order).limit(limit)
+    query = approval_query().where(a.c.id.in_(ids)).order_by(*order)
     return [approval_record(row) for row in (await conn.execute(query)).mappings()]
 
 
@@ -474,9 +477,17 @@ async def optional_pages(conn: AsyncConnection) -> dict[str, list[str]]:
 async def table_rows(
     conn: AsyncConnection, table: str, *, where_execution: str | None = None, limit: int = 200
 ) -> tuple[list[str], list[tuple]]:
-    """Rows of a table the dashboard knows only by name (newest first when it has ``created_at``)."""
-    reflected = sa.Table(table, sa.MetaData())
-    await conn.run_sync(lambda sync: sa.inspect(sync).reflect_table(reflected, None))
+    """Rows of a table the dashboard knows only by name (newest first when it has ``created_at``).
+
+    The controls' tables are known by their definitions; any other is reflected (several
+    catalog queries: ~30 ms each on PostgreSQL, too slow for every execution page).
+    """
+    from ..controls import schema as controls_schema
+
+    reflected = controls_schema.metadata.tables.get(table)
+    if reflected is None:
+        reflected = sa.Table(table, sa.MetaData())
+        await conn.run_sync(lambda sync: sa.inspect(sync).reflect_table(reflected, None))
     query = sa.select(reflected).limit(limit)
     if where_execution is not None and "execution_id" in reflected.c:
         query = query.where(reflected.c.execution_id == where_execution)

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from datetime import date, datetime
@@ -33,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import queries, render
 
+_log = logging.getLogger("wflo_otel.dashboard")
 SESSION_COOKIE = "wflo_session"
 CSRF_COOKIE = "wflo_csrf"
 SECURITY_HEADERS = {
@@ -195,6 +197,9 @@ class Dashboard:
             return await self.approvals_page(request, notice="no such approval request", status=404)
         except ApprovalConflict as exc:
             return await self.approvals_page(request, conflict=exc.approval, status=409)
+        except Exception as exc:  # the database did not answer: nothing was decided, say so
+            _log.warning("wflo-otel dashboard: deciding %s failed: %s", approval_id, exc)
+            return await self._html(request, "approvals", render.error_body("the database did not answer; try again"), status=503)
         raise web.HTTPSeeOther("/approvals?" + _query({"decided": approval_id}))
 
     # -- JSON --------------------------------------------------------------------
