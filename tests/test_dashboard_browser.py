@@ -252,6 +252,14 @@ def test_an_approve_click_releases_a_waiting_workflow(browser, waiting_workflow)
     _sign_in(browser, server.url)
     _visit(browser, server.url + "/approvals", "approvals-pending")
     assert "Refund $420 to ACME" in browser.find_element(By.ID, "pending").text
+    # A second reviewer has the same page open in another tab, and will reject after alice approved.
+    first_tab = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(server.url + "/approvals")
+    browser.find_element(By.ID, f"by-{approval_id}").send_keys("bob")
+    browser.find_element(By.ID, f"comment-{approval_id}").send_keys("too much")
+    second_tab = browser.current_window_handle
+    browser.switch_to.window(first_tab)
     browser.find_element(By.ID, f"by-{approval_id}").send_keys("alice")
     browser.find_element(By.ID, f"comment-{approval_id}").send_keys("known customer")
     assert waiter.is_alive()  # still waiting before the click
@@ -267,3 +275,12 @@ def test_an_approve_click_releases_a_waiting_workflow(browser, waiting_workflow)
     assert "alice" in browser.find_element(By.ID, "decided").text
     browser.save_screenshot(str(SCREENSHOTS / "approvals-decided.png"))
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+    browser.switch_to.window(second_tab)
+    _submit(browser, f"reject-{approval_id}")
+    conflict = browser.find_element(By.ID, "conflict").text
+    assert "Already decided: APPROVED by alice" in conflict and "known customer" in conflict
+    browser.save_screenshot(str(SCREENSHOTS / "approvals-conflict.png"))
+    browser.close()
+    browser.switch_to.window(first_tab)
+    assert query(url, "SELECT status, decided_by FROM approval_requests WHERE id = :i", i=approval_id) == [("APPROVED", "alice")]
