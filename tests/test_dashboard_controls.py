@@ -144,7 +144,7 @@ def test_the_ui_command_decides_only_with_allow_approvals(tmp_path):
     write_spans(url, dashboard_spans(3, hostile_every=0))
     approval_id = add_pending_approval(url)
     command = [sys.executable, "-c", "from wflo_otel.cli import main; raise SystemExit(main())", "--database-url", url, "ui", "--port", "0"]
-    env = {**os.environ, "WFLO_INGEST_TOKEN": ""}
+    env = {k: v for k, v in os.environ.items() if k not in ("WFLO_INGEST_TOKEN", "WFLO_APPROVER")}
     for extra, expected in (([], ("PENDING", None, None)), (["--allow-approvals", "--approver", "ops-oncall"], ("APPROVED", "ops-oncall", None))):
         process = subprocess.Popen(command + extra, stdout=subprocess.PIPE, text=True, env=env)
         try:

@@ -408,9 +408,11 @@ def _report_failure(args: argparse.Namespace, exc: BaseException) -> None:
 DESCRIPTION = """\
 Cost tracking and budget enforcement for LLM workflows, stored in SQL (SQLite or PostgreSQL).
 Migrate or prune the schema (db), print the cost reports or write them as HTML (report),
-receive spans from an OpenTelemetry pipeline over OTLP/HTTP with the dashboard at /
-(serve), show the dashboard alone (ui), write spans kept on disk while the database
-was away (spool), or run the demo against a local OpenAI-compatible server (demo)."""
+show or reset spend limits (limits), receive spans from an OpenTelemetry pipeline over
+OTLP/HTTP with the dashboard at / (serve), show the dashboard alone (ui), decide approval
+requests (approvals), list an execution's checkpoints (checkpoints), write spans kept on
+disk while the database was away (spool), or run the demo against a local
+OpenAI-compatible server (demo)."""
 
 EPILOG = """\
 The global options (--database-url, --debug) may come before or after the command.
