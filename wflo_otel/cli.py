@@ -541,7 +541,7 @@ def register_serve(commands: Commands) -> None:
 def register_ui(commands: Commands) -> None:
     from .dashboard import server as ui  # aiohttp loads only when it runs
 
-    parser = commands.add("ui", help="the browser dashboard alone on a database, read-only (serve also has it at /)")
+    parser = commands.add("ui", help="the browser dashboard alone on a database, read-only unless --allow-approvals (serve also has it at /)")
     ui.add_arguments(parser)
     parser.set_defaults(func=lambda args: ui.run(args, _existing_database_url(args)))
 

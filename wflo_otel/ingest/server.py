@@ -212,7 +212,8 @@ class IngestService(InThread):
 
         from ..dashboard.web import Dashboard  # the browser dashboard at /, same token
 
-        Dashboard(self.store.engine, self.token).add_routes(app)
+        # serve decides approvals over /v1/approvals already: its dashboard may too (same store, same token)
+        Dashboard(self.store.engine, self.token, decider=self._approvals.store).add_routes(app)
         self._runner = web.AppRunner(
             app,
             access_log=None,
