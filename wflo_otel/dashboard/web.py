@@ -32,11 +32,14 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..ingest.limits import bounded_app
+from ..ingest.options import IngestLimits
 from . import queries, render
 
 _log = logging.getLogger("wflo_otel.dashboard")
 SESSION_COOKIE = "wflo_session"
 CSRF_COOKIE = "wflo_csrf"
+SIGNIN_MAX_BYTES = 4096  # a token, a CSRF token and a path: anything larger is not our form
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; "
@@ -232,6 +235,8 @@ class Dashboard:
         return await self._html(request, "signin", body, nav=False)
 
     async def signin(self, request: web.Request) -> web.StreamResponse:
+        if len(await request.read()) > SIGNIN_MAX_BYTES:  # read within the body timeout (bounded_app)
+            return await self._html(request, "signin", render.error_body("the form is too large"), status=413, nav=False)
         form = await request.post()
         if not _csrf_ok(request, form):
             return await self._html(request, "signin", render.error_body("the form expired: reload the page and try again"), status=403, nav=False)
@@ -316,7 +321,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 def dashboard_app(engine: AsyncEngine, token: bytes | None, *, decider: Any = None, approver: str | None = None) -> web.Application:
-    """An application serving the dashboard alone (``wflo-otel ui``)."""
-    app = web.Application()
+    """An application serving the dashboard alone (``wflo-otel ui``); bodies bounded as on ``serve``."""
+    app = bounded_app(IngestLimits().body_timeout_s)
     Dashboard(engine, token, decider=decider, approver=approver).add_routes(app)
     return app

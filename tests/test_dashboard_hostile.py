@@ -1,0 +1,58 @@
+"""The dashboard and the other non-ingest routes under hostile input: slow and large bodies,
+open redirects, empty tokens, out-of-range dates and pages (each was a hang, a redirect
+off-site, an open dashboard or a 500).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from dashboard_support import Client
+from test_ingest import get
+from wflo_otel.ingest import IngestLimits, IngestService
+
+SLOW = IngestLimits(max_connections=4, header_timeout_s=5.0, body_timeout_s=0.5, idle_timeout_s=5.0)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server says until it closes ``sock`` (a socket timeout if it never does)."""
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize("path", ["/signin", "/signout", "/v1/approvals/a1/approve"])
+def test_slow_bodies_before_sign_in_are_answered_408_and_cannot_take_the_connection_cap(tmp_path, path):
+    with IngestService(f"sqlite+aiosqlite:///{tmp_path}/w.db", port=0, token="tok", limits=SLOW) as service:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            "Content-Length: 1000\r\n\r\ncsrf="
+        ).encode()
+        socks = [socket.create_connection(("127.0.0.1", service.port), timeout=3) for _ in range(SLOW.max_connections)]
+        try:
+            for sock in socks:
+                sock.sendall(head)
+            start = time.monotonic()
+            answers = [_answer(sock) for sock in socks]  # before the fix: no answer, socket.timeout
+            assert time.monotonic() - start < 2.5
+        finally:
+            for sock in socks:
+                sock.close()
+        assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers
+        assert get(service, "/health")[0] == 200  # the cap is free again
+
+
+def test_bodies_of_non_ingest_routes_are_bounded_and_the_sign_in_form_is_small(tmp_path):
+    with IngestService(f"sqlite+aiosqlite:///{tmp_path}/w.db", port=0, token="tok") as service:
+        client = Client(service.url)
+        assert client.post("/signin", body=b"x" * 70_000).status_code == 413  # over the 64 KiB of any form
+        chunked = b"".join(b"%x\r\n%s\r\n" % (8192, b"y" * 8192) for _ in range(9)) + b"0\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/approvals/a1/approve HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
+            assert _answer(sock).startswith(b"HTTP/1.1 413 ")
+        token = "token=" + "t" * 5000
+        assert client.post("/signin", body=token.encode(), headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 413
