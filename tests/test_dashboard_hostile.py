@@ -25,7 +25,7 @@ def _answer(sock: socket.socket) -> bytes:
     return received
 
 
-@pytest.mark.parametrize("path", ["/signin", "/signout", "/v1/approvals/a1/approve"])
+@pytest.mark.parametrize("path", ["/signin", "/signout", "/approvals/a1/decide", "/v1/approvals/a1/approve"])
 def test_slow_bodies_before_sign_in_are_answered_408_and_cannot_take_the_connection_cap(tmp_path, path):
     with IngestService(f"sqlite+aiosqlite:///{tmp_path}/w.db", port=0, token="tok", limits=SLOW) as service:
         head = (
