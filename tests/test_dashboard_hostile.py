@@ -56,3 +56,37 @@ def test_bodies_of_non_ingest_routes_are_bounded_and_the_sign_in_form_is_small(t
             assert _answer(sock).startswith(b"HTTP/1.1 413 ")
         token = "token=" + "t" * 5000
         assert client.post("/signin", body=token.encode(), headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 413
+
+
+OFF_SITE = [
+    "//evil.example/x",
+    "/\t/evil.example/x",
+    "/\n/evil.example/x",
+    "/\r/evil.example/x",
+    "/\\evil.example/x",
+    "\\\\evil.example/x",
+    "/\\/evil.example/x",
+    " //evil.example/x",
+    "/\u3000/evil.example/x",
+    "/\x00/evil.example/x",
+    "https://evil.example/x",
+]
+
+
+def _signed_in_to(ui, next_path: str):
+    import re
+
+    client = Client(ui.url)
+    csrf = re.search(r'name=csrf value="([^"]+)"', client.get("/signin").text).group(1)
+    return client.post("/signin", data={"token": "s3cret", "csrf": csrf, "next": next_path})
+
+
+def test_sign_in_never_redirects_off_site_whatever_next_says(tmp_path):
+    from wflo_otel.dashboard.server import UIServer
+
+    with UIServer(f"sqlite+aiosqlite:///{tmp_path}/w.db", port=0, token="s3cret") as ui:
+        for payload in OFF_SITE:
+            response = _signed_in_to(ui, payload)
+            assert (response.status_code, response.headers["location"]) == (303, "/"), repr(payload)
+        kept = _signed_in_to(ui, "/executions?window=7d&sort=cost")
+        assert kept.headers["location"] == "/executions?window=7d&sort=cost"

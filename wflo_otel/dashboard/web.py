@@ -26,6 +26,7 @@ import json
 import logging
 import secrets
 import time
+import unicodedata
 from datetime import date, datetime
 from typing import Any, Awaitable, Callable
 
@@ -297,9 +298,15 @@ def _csrf_ok(request: web.Request, form: Any) -> bool:
 
 
 def _safe_next(path: Any) -> str:
-    """Only a path on this site (``/...``, not ``//host``): a sign-in never redirects elsewhere."""
+    """Only a path on this site, else ``/``: a sign-in never redirects elsewhere.
+
+    A single leading ``/`` and no whitespace, control character or backslash anywhere:
+    ``//host``, ``/\\host`` and ``/<TAB>/host`` (URL parsers drop the tab, leaving
+    ``//host``) would all send the browser off-site.
+    """
     path = str(path or "/")
-    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
+    unsafe = any(c.isspace() or c == "\\" or unicodedata.category(c)[0] == "C" for c in path)
+    return path if path.startswith("/") and not path.startswith("//") and not unsafe else "/"
 
 
 def _query(params: dict[str, str]) -> str:
