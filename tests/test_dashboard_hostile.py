@@ -5,7 +5,10 @@ off-site, an open dashboard or a 500).
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -90,3 +93,29 @@ def test_sign_in_never_redirects_off_site_whatever_next_says(tmp_path):
             assert (response.status_code, response.headers["location"]) == (303, "/"), repr(payload)
         kept = _signed_in_to(ui, "/executions?window=7d&sort=cost")
         assert kept.headers["location"] == "/executions?window=7d&sort=cost"
+
+
+@pytest.mark.parametrize("argv, env", [(["--token", ""], None), (["--token", "  "], None), ([], ""), ([], " ")])
+def test_ui_refuses_an_empty_token_instead_of_serving_without_auth(argv, env, tmp_path, monkeypatch, capsys):
+    from wflo_otel.cli import main
+
+    db = tmp_path / "w.db"
+    db.touch()  # an existing file: the database is not what is wrong
+    if env is None:
+        monkeypatch.delenv("WFLO_INGEST_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("WFLO_INGEST_TOKEN", env)
+    # Before the fix it served without auth: stopped by SIGINT after 10 s, exit 0.
+    stop = threading.Timer(10, os.kill, (os.getpid(), signal.SIGINT))
+    stop.start()
+    try:
+        code = main(["--database-url", f"sqlite:///{db}", "ui", "--port", "0", *argv])
+    finally:
+        stop.cancel()
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("wflo-otel ui:") and "empty" in err and err.count("\n") == 1
+    with pytest.raises(ValueError):
+        from wflo_otel.dashboard.server import UIServer
+
+        UIServer(f"sqlite:///{db}", token="")
