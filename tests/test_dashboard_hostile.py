@@ -119,3 +119,59 @@ def test_ui_refuses_an_empty_token_instead_of_serving_without_auth(argv, env, tm
         from wflo_otel.dashboard.server import UIServer
 
         UIServer(f"sqlite:///{db}", token="")
+
+
+@pytest.fixture
+def filled_url(database_url):
+    from dashboard_support import dashboard_spans, write_spans
+
+    write_spans(database_url, dashboard_spans(executions=3))
+    return database_url
+
+
+OUT_OF_RANGE = [
+    ("/api/overview?window=custom&from=9999-12-31&to=9999-12-31", "before 9999-12-31"),
+    ("/?window=custom&from=9999-12-31", "before 9999-12-31"),
+    ("/api/executions?window=custom&from=9999-12-30&to=9999-12-31", "before 9999-12-31"),
+    (f"/api/executions?page={10**30}", "page must be at most"),
+    (f"/executions?page={10**30}", "page must be at most"),
+    ("/api/executions?page=1000001", "page must be at most"),
+]
+
+
+def test_out_of_range_dates_and_pages_are_400_with_the_reason_not_500(filled_url):
+    from wflo_otel.dashboard.server import UIServer
+
+    with UIServer(filled_url, port=0) as ui:
+        client = Client(ui.url)
+        for path, says in OUT_OF_RANGE:
+            response = client.get(path)
+            assert (response.status_code, says in response.text) == (400, True), (path, response.text[:300])
+        last = client.get("/api/executions?page=1000000").json()
+        assert (last["page"], last["executions"]) == (1000000, [])
+        assert client.get("/api/overview?window=custom&from=0001-01-01&to=0001-01-02").status_code == 200
+        assert client.get("/api/overview?window=custom&from=9999-12-30").status_code == 200
+
+
+def test_report_html_says_what_is_wrong_with_the_window_or_the_file(filled_url, tmp_path, capsys):
+    from wflo_otel.cli import main
+
+    out = tmp_path / "r.html"
+    code = main(["--database-url", filled_url, "report", "--html", str(out), "--window", "custom", "--from", "9999-12-31"])
+    err = capsys.readouterr().err
+    assert (code, err) == (2, "wflo-otel report: a custom window must end before 9999-12-31\n")
+    assert not out.exists()
+    code = main(["--database-url", filled_url, "report", "--html", "/nonexistent/dir/r.html"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("wflo-otel: report: cannot write /nonexistent/dir/r.html: No such file")
+    assert "database" not in err and "hint" not in err and err.count("\n") == 1
+
+
+def test_a_window_without_data_is_an_empty_overview_on_both_engines(filled_url):
+    from wflo_otel.dashboard.server import UIServer
+
+    with UIServer(filled_url, port=0) as ui:
+        client = Client(ui.url)
+        empty = client.get("/api/overview?window=custom&from=2001-01-01&to=2001-01-02")  # before: 500 on PostgreSQL
+        assert empty.status_code == 200 and empty.json()["totals"]["calls"] == 0
+        assert client.get("/?window=custom&from=2001-01-01").status_code == 200

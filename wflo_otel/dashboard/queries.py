@@ -251,7 +251,7 @@ async def _series(
         await conn.execute(
             sa.select(bucket_col, series_key, sa.func.sum(table.c.cost_usd))
             .where(bucket_col >= window.start, bucket_col < window.end)
-            .group_by(bucket_col, series_key)
+            .group_by(bucket_col, *([series_key] if keys else []))  # PostgreSQL refuses GROUP BY NULL
         )
     ).all()
     step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
