@@ -17,6 +17,8 @@ from dashboard_support import Client
 from test_ingest import get
 from wflo_otel.ingest import IngestLimits, IngestService
 
+pytestmark = pytest.mark.one_leg  # nothing here depends on the openai line
+
 SLOW = IngestLimits(max_connections=4, header_timeout_s=5.0, body_timeout_s=0.5, idle_timeout_s=5.0)
 
 
