@@ -32,6 +32,7 @@ DIMENSIONS = ("model", "workflow", "tenant")
 TOP = 10
 SERIES_KEYS = 8  # series beyond these are summed as OTHER
 PAGE_SIZE = 50
+MAX_PAGE = 1_000_000  # past it, 400: a bigger page is no real page, and its OFFSET could overflow
 SORTS = {
     "started": workflow_executions.c.started_at,
     "cost": workflow_executions.c.cost_total_usd,
@@ -90,6 +91,8 @@ def window_from(params: Mapping[str, str], *, today: date | None = None) -> Wind
         first, last = last, first
     if (last - first).days > 366:
         raise BadRequest("a custom window is at most 366 days")
+    if last >= date.max:  # the window ends the day after its last: past the calendar
+        raise BadRequest(f"a custom window must end before {date.max.isoformat()}")
     return Window("custom", _midnight(first), _midnight(last + timedelta(days=1)))
 
 
@@ -251,7 +254,7 @@ async def _series(
         await conn.execute(
             sa.select(bucket_col, series_key, sa.func.sum(table.c.cost_usd))
             .where(bucket_col >= window.start, bucket_col < window.end)
-            .group_by(bucket_col, series_key)
+            .group_by(bucket_col, *([series_key] if keys else []))  # PostgreSQL refuses GROUP BY NULL
         )
     ).all()
     step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
@@ -300,6 +303,8 @@ def execution_filter(params: Mapping[str, str]) -> ExecutionFilter:
         page = max(1, int(params.get("page") or 1))
     except ValueError:
         raise BadRequest("page must be a number") from None
+    if page > MAX_PAGE:  # its OFFSET would overflow the database's integer (a 500)
+        raise BadRequest(f"page must be at most {MAX_PAGE}")
     return ExecutionFilter(
         window=window_from(params),
         workflow=params.get("workflow") or None,

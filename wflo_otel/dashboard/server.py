@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ..background import InThread, stop_event_on_signals
 from ..exporters.store import create_engine
-from ..ingest.options import DEFAULT_HOST, ENV_TOKEN
+from ..ingest.options import DEFAULT_HOST, ENV_TOKEN, OptionError, checked_token
 from .web import dashboard_app
 
 DEFAULT_UI_PORT = 8318
@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help=f"port (default {DEFAULT_UI_PORT}; 0 = any free port)")
     parser.add_argument(
         "--token",
-        default=os.environ.get(ENV_TOKEN) or None,
-        help=f"token a browser signs in with / API calls carry as a bearer token (default ${ENV_TOKEN}; unset = none)",
+        default=None,
+        help=f"token a browser signs in with / API calls carry as a bearer token (default ${ENV_TOKEN}; unset = none; empty = an error)",
     )
     parser.add_argument(
         "--allow-approvals",
@@ -63,7 +63,9 @@ class UIServer(InThread):
         self.database_url = database_url
         self.host = host
         self.port = port
-        self.token = token.encode("utf-8") if token else None
+        if token is not None and not token.strip():
+            raise ValueError("the dashboard token is empty: give a token, or None to serve without one")
+        self.token = token.encode("utf-8") if token is not None else None
         self.allow_approvals = allow_approvals
         self.approver = approver.strip() if approver and approver.strip() else None
         self._runner: web.AppRunner | None = None
@@ -105,11 +107,16 @@ class UIServer(InThread):
 
 
 def run(args: argparse.Namespace, database_url: str) -> int:
-    """Serve until SIGTERM/SIGINT; print the address first."""
+    """Serve until SIGTERM/SIGINT; print the address first. A token set but empty is one line, exit 2."""
+    try:
+        token = checked_token(args.token, dict(os.environ))
+    except OptionError as exc:
+        print(f"wflo-otel ui: {exc}", file=sys.stderr)
+        return 2
 
     async def serve() -> int:
         server = UIServer(
-            database_url, host=args.host, port=args.port, token=args.token,
+            database_url, host=args.host, port=args.port, token=token,
             allow_approvals=args.allow_approvals, approver=args.approver,
         )
         stop = stop_event_on_signals()

@@ -26,17 +26,21 @@ import json
 import logging
 import secrets
 import time
+import unicodedata
 from datetime import date, datetime
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..ingest.limits import bounded_app
+from ..ingest.options import IngestLimits
 from . import queries, render
 
 _log = logging.getLogger("wflo_otel.dashboard")
 SESSION_COOKIE = "wflo_session"
 CSRF_COOKIE = "wflo_csrf"
+SIGNIN_MAX_BYTES = 4096  # a token, a CSRF token and a path: anything larger is not our form
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; "
@@ -232,6 +236,8 @@ class Dashboard:
         return await self._html(request, "signin", body, nav=False)
 
     async def signin(self, request: web.Request) -> web.StreamResponse:
+        if len(await request.read()) > SIGNIN_MAX_BYTES:  # read within the body timeout (bounded_app)
+            return await self._html(request, "signin", render.error_body("the form is too large"), status=413, nav=False)
         form = await request.post()
         if not _csrf_ok(request, form):
             return await self._html(request, "signin", render.error_body("the form expired: reload the page and try again"), status=403, nav=False)
@@ -292,9 +298,15 @@ def _csrf_ok(request: web.Request, form: Any) -> bool:
 
 
 def _safe_next(path: Any) -> str:
-    """Only a path on this site (``/...``, not ``//host``): a sign-in never redirects elsewhere."""
+    """Only a path on this site, else ``/``: a sign-in never redirects elsewhere.
+
+    A single leading ``/`` and no whitespace, control character or backslash anywhere:
+    ``//host``, ``/\\host`` and ``/<TAB>/host`` (URL parsers drop the tab, leaving
+    ``//host``) would all send the browser off-site.
+    """
     path = str(path or "/")
-    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
+    unsafe = any(c.isspace() or c == "\\" or unicodedata.category(c)[0] == "C" for c in path)
+    return path if path.startswith("/") and not path.startswith("//") and not unsafe else "/"
 
 
 def _query(params: dict[str, str]) -> str:
@@ -316,7 +328,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 def dashboard_app(engine: AsyncEngine, token: bytes | None, *, decider: Any = None, approver: str | None = None) -> web.Application:
-    """An application serving the dashboard alone (``wflo-otel ui``)."""
-    app = web.Application()
+    """An application serving the dashboard alone (``wflo-otel ui``); bodies bounded as on ``serve``."""
+    app = bounded_app(IngestLimits().body_timeout_s)
     Dashboard(engine, token, decider=decider, approver=approver).add_routes(app)
     return app
