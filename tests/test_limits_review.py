@@ -65,3 +65,92 @@ def test_the_heartbeat_refuses_an_interval_that_would_spin():
     engine = LimitEngine([SpendLimit("a", usd=1, per="day")], store=object())
     with pytest.raises(ValueError, match="interval > 0"):
         start_heartbeat(engine, interval_s=-20.0)
+
+
+# -- limits given to a later configure() apply --------------------------------------------------
+
+
+@pytest.fixture
+def reconfigured(tmp_path):
+    """configure() on a SQLite file; undone after the test."""
+    import wflo_otel
+    from opentelemetry.sdk.trace import TracerProvider
+
+    handle = wflo_otel.configure(f"sqlite+aiosqlite:///{tmp_path}/limits.db", tracer_provider=TracerProvider(), exporter=False)
+    yield handle
+    handle.shutdown()
+
+
+def _ask(base_url: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="k", max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=100)
+
+
+def test_limits_given_to_a_second_configure_refuse_calls(reconfigured, tmp_path, max_output_server):
+    import wflo_otel
+
+    again = wflo_otel.configure(f"sqlite+aiosqlite:///{tmp_path}/limits.db", limits=[SpendLimit("zero", usd=0.0, per="run")])
+    assert again is reconfigured
+    with pytest.raises(wflo_otel.BudgetExceededError) as refused:
+        _ask(max_output_server.base_url)
+    assert refused.value.limit == "zero"
+
+
+def test_a_third_configure_adds_its_limits_to_those_already_there(reconfigured, tmp_path, max_output_server):
+    import wflo_otel
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/limits.db"
+    wflo_otel.configure(url, limits=[SpendLimit("generous", usd=100.0, per="run")])
+    wflo_otel.configure(url, limits=[SpendLimit("daily-zero", usd=0.0, per="day")])
+    assert [limit.name for limit in reconfigured.budget_processor.limits.limits] == ["generous", "daily-zero"]
+    with pytest.raises(wflo_otel.BudgetExceededError) as refused:
+        _ask(max_output_server.base_url)
+    assert refused.value.limit == "daily-zero"  # a call must fit every limit
+
+
+def test_a_later_configure_cannot_redefine_a_limit_of_the_same_name(reconfigured):
+    import wflo_otel
+
+    wflo_otel.configure(limits=[SpendLimit("cap", usd=1.0, per="run")])
+    wflo_otel.configure(limits=[SpendLimit("cap", usd=1.0, per="run")])  # the same again: nothing to do
+    with pytest.raises(ValueError, match="cannot redefine"):
+        wflo_otel.configure(limits=[SpendLimit("cap", usd=5.0, per="run")])
+    assert [limit.usd for limit in reconfigured.budget_processor.limits.limits] == [1.0]
+
+
+def test_alerts_given_to_a_later_configure_apply_or_are_an_error(reconfigured):
+    import wflo_otel
+
+    first = wflo_otel.Alerts(at=(0.5,))
+    wflo_otel.configure(limits=[SpendLimit("cap", usd=1.0, per="run")], alerts=first)
+    assert reconfigured.budget_processor.limits.alerts is first
+    with pytest.raises(ValueError, match="cannot replace them"):
+        wflo_otel.configure(alerts=wflo_otel.Alerts(at=(0.9,)))
+
+
+def test_alerts_without_any_limit_are_an_error_not_ignored(reconfigured):
+    import wflo_otel
+
+    with pytest.raises(ValueError, match="needs spend limits"):
+        wflo_otel.configure(alerts=wflo_otel.Alerts())
+
+
+@pytest.mark.one_leg
+def test_configure_limits_inside_opentelemetry_instrument_join_the_limits_file(tmp_path, openai_server):
+    from zero_code_runs import run_instrumented
+
+    (tmp_path / "limits.yaml").write_text("limits:\n  - {name: generous, usd: 100, per: run}\n")
+    app = """
+    import os, openai, wflo_otel
+    wflo_otel.configure(limits=[wflo_otel.SpendLimit("zero", usd=0.0, per="run")])
+    client = openai.OpenAI(base_url=os.environ["FAKE_OPENAI_URL"], api_key="k", max_retries=0)
+    try:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=50)
+        print("call went through")
+    except wflo_otel.BudgetExceededError as exc:
+        print("refused by", exc.limit)
+    """
+    result = run_instrumented(tmp_path, app, openai_server, WFLO_LIMITS_FILE="limits.yaml")
+    assert result.stdout.strip() == "refused by zero", result.stderr

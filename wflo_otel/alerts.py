@@ -50,7 +50,7 @@ class Alerts:
     timeout_s: float = 5.0
     retries: int = 3
     backoff_s: float = 0.5
-    store: Any = field(default=None, repr=False)
+    store: Any = field(default=None, repr=False, compare=False)  # set when attached to an engine
     on_alert: Callable[[dict], None] | None = field(default=None, repr=False)  # tests, custom sinks
 
     def __post_init__(self) -> None:

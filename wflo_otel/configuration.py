@@ -171,12 +171,14 @@ def configure(
     ``alerts`` (``wflo_otel.Alerts``): where their thresholds are reported
     (docs/spend-limits.md).
     """
-    from .limits_config import build_engine, resolve
+    from .limits_config import apply_limits, resolve
 
     limits, alerts = resolve(limits, alerts)  # a bad limit fails here, before anything is set up
     global _handle
     with _lock:
         if _handle is not None:
+            engine = _handle.budget_processor.limits
+            _handle.budget_processor.limits = apply_limits(engine, limits, alerts, database_url, meter_provider=meter_provider)
             return _handle
         if tracer_provider is None:
             adopted = _adopt_zero_code_setup()
@@ -195,8 +197,8 @@ def configure(
                     instrument_openai=instrument_openai is not True,
                     http_spans=http_spans is not None,
                 )
-                if limits and adopted.budget_processor.limits is None:
-                    adopted.budget_processor.limits = build_engine(limits, alerts, database_url, meter_provider=meter_provider)
+                processor = adopted.budget_processor  # $WFLO_LIMITS_FILE's limits, plus these
+                processor.limits = apply_limits(processor.limits, limits, alerts, database_url, meter_provider=meter_provider)
                 _handle = adopted
                 return adopted
         pricebook = pricebook_for(prices_file)
@@ -207,8 +209,7 @@ def configure(
             scope_ttl_s=scope_ttl_s,
             pricebook=pricebook,
         )
-        if limits:
-            budget.limits = build_engine(limits, alerts, database_url, meter_provider=meter_provider)
+        budget.limits = apply_limits(None, limits, alerts, database_url, meter_provider=meter_provider)
         provider = _provider(tracer_provider, service_name)
         keep_budgets_when_sampled_out(provider)  # a trace the sampler drops is still budgeted
         span_exporter = _exporter(exporter, database_url, pricebook)

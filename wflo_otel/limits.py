@@ -249,6 +249,33 @@ class LimitEngine:
         self._closed = False
         self._heartbeat_stop: threading.Event | None = None
 
+    def add_limits(self, limits: Sequence[SpendLimit]) -> list[SpendLimit]:
+        """Add limits given by a later ``configure()``: a call must then fit every limit.
+
+        A name already here with the same definition is kept as it is; with another
+        definition it is a ``ValueError`` (two caps of one name would share buckets).
+        Returns the limits actually added.
+        """
+        with self._lock:
+            known = {limit.name: limit for limit in self.limits}
+            added = []
+            for limit in limits:
+                if limit.name in known:
+                    if known[limit.name] != limit:
+                        raise ValueError(
+                            f"spend limit {limit.name!r} is already configured as {known[limit.name]!r}; "
+                            f"a later configure() cannot redefine it as {limit!r}"
+                        )
+                    continue
+                known[limit.name] = limit
+                added.append(limit)
+            if added:
+                self.limits = self.limits + tuple(added)
+                self.attribute_names = self.attribute_names | all_attribute_names(added)
+                for limit in added:
+                    self.refusals.setdefault(limit.name, 0)
+            return added
+
     # -- matching --------------------------------------------------------------------------------
 
     def match(self, call_attributes: Mapping[str, Any] | None, chain: Sequence[Any]) -> list[tuple[SpendLimit, str]]:

@@ -159,6 +159,46 @@ def build_engine(
     return engine
 
 
+def apply_limits(
+    engine: LimitEngine | None,
+    limits: Sequence[SpendLimit],
+    alerts: Alerts | None,
+    database_url: str | None,
+    *,
+    meter_provider: Any = None,
+) -> LimitEngine | None:
+    """The engine a budget processor has once ``configure()`` gives it ``limits`` and ``alerts``.
+
+    Also for a ``configure()`` made after the processor exists (a second call, or one
+    under ``opentelemetry-instrument``): they apply, never silently dropped. No engine yet → a new one; an engine → the
+    new limits join it (``LimitEngine.add_limits``). Alerts join an engine that has
+    none; an engine that already reports to other alerts is a ``ValueError``.
+    Returns the engine the processor should now have.
+    """
+    if not limits and alerts is None:
+        return engine
+    if engine is None:
+        if not limits:
+            raise ValueError("configure(alerts=...) needs spend limits to alert on (limits=... or $WFLO_LIMITS_FILE)")
+        return build_engine(limits, alerts, database_url, meter_provider=meter_provider)
+    if alerts is not None and engine.alerts is not alerts:
+        if engine.alerts is not None:
+            raise ValueError("spend limit alerts are already configured; a later configure() cannot replace them")
+        alerts.store = engine.store
+        engine.alerts = alerts
+    if any(limit.per != "run" for limit in limits) and engine.store is None:
+        from .limits_store import LeaseStore
+        from .settings import database_url as resolve_url
+
+        check_distinct_names([*engine.limits, *limits])  # before opening anything
+        engine.store = LeaseStore(resolve_url(database_url), ttl_s=checked_lease_ttl())
+        if engine.alerts is not None:
+            engine.alerts.store = engine.store
+        start_heartbeat(engine, interval_s=min(5.0, engine.store.ttl_s / 3))
+    engine.add_limits(limits)
+    return engine
+
+
 def start_heartbeat(engine: LimitEngine, interval_s: float) -> threading.Thread | None:
     """Report spend, renew leases and roll periods over every ``interval_s`` until the engine closes."""
     if engine.store is None:
