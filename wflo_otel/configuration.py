@@ -147,6 +147,7 @@ def configure(
     prices_file: str | None = None,
     default_output_tokens: int | None = None,
     default_service_tier: str | None = None,
+    learn_service_tier: bool | None = None,
     service_name: str | None = None,
     instrument_openai: bool = True,
     http_spans: bool | None = None,
@@ -164,7 +165,9 @@ def configure(
     budgeted, though not exported (``wflo_otel.sampling``).
     ``default_service_tier`` (or ``$WFLO_DEFAULT_SERVICE_TIER``): the tier OpenAI serves
     your project's requests that name none, so their reservation is at its prices
-    instead of the model's most expensive tier's.
+    instead of the model's most expensive tier's. ``learn_service_tier`` (or
+    ``$WFLO_LEARN_SERVICE_TIER``, default on): otherwise learn it from responses
+    (docs/providers.md); False reserves at the dearest tier, the strict cap.
     ``http_spans`` (or ``$WFLO_HTTP_SPANS``): a span per HTTP attempt under each LLM call.
     ``limits`` (``wflo_otel.SpendLimit``, else ``$WFLO_LIMITS_FILE``): spend limits per key
     and period, shared by every process through ``database_url``'s database;
@@ -193,6 +196,7 @@ def configure(
                     prices_file=prices_file is not None,
                     default_output_tokens=default_output_tokens is not None,
                     default_service_tier=default_service_tier is not None,
+                    learn_service_tier=learn_service_tier is not None,
                     service_name=service_name is not None,
                     instrument_openai=instrument_openai is not True,
                     http_spans=http_spans is not None,
@@ -225,7 +229,8 @@ def configure(
         instrumentor = None
         if instrument_openai:
             instrumentor = _instrument_openai(
-                provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier, http_spans
+                provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier, http_spans,
+                learn_service_tier,
             )
         _handle = Handle(
             provider, budget, span_exporter, span_processor, pricebook, instrumentor, slot, meter_provider=meter_provider
@@ -343,7 +348,8 @@ def _exporter(exporter: SpanExporter | bool | None, database_url: str | None, pr
 
 
 def _instrument_openai(
-    provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier=None, http_spans=None
+    provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier=None, http_spans=None,
+    learn_service_tier=None,
 ):
     try:
         import openai  # noqa: F401
@@ -361,6 +367,7 @@ def _instrument_openai(
         default_output_tokens=default_output_tokens or env_int(ENV_DEFAULT_OUTPUT_TOKENS),
         default_service_tier=default_service_tier,
         http_spans=http_spans,
+        learn_service_tier=learn_service_tier,
     )
     return instrumentor
 
