@@ -154,3 +154,27 @@ def test_configure_limits_inside_opentelemetry_instrument_join_the_limits_file(t
     """
     result = run_instrumented(tmp_path, app, openai_server, WFLO_LIMITS_FILE="limits.yaml")
     assert result.stdout.strip() == "refused by zero", result.stderr
+
+
+# -- where= and keys compare one normal form of each value ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "where, attributes",
+    [({"tier": 1}, {"tier": 1.0}), ({"tier": 1.0}, {"tier": 1}), ({"vip": True}, {"vip": "true"}), ({"vip": "false"}, {"vip": False})],
+)
+def test_where_matches_numbers_and_bools_however_they_are_written(where, attributes):
+    from wflo_otel.limits import LimitEngine
+
+    engine = LimitEngine([SpendLimit("f", usd=1.0, per="run", where=where)])
+    assert [limit.name for limit, _ in engine.match(attributes, [])] == ["f"]
+
+
+def test_where_strings_match_exactly_and_keys_share_the_normal_form():
+    from wflo_otel.limits import LimitEngine
+
+    engine = LimitEngine([SpendLimit("z", usd=1.0, per="run", where={"tenant.id": "acme"}, key="tier")])
+    assert engine.match({"tenant.id": "ACME"}, []) == [] and engine.match({"tenant.id": " acme"}, []) == []
+    [(_, key)] = engine.match({"tenant.id": "acme", "tier": 2.0}, [])
+    [(_, same)] = engine.match({"tenant.id": "acme", "tier": 2}, [])
+    assert key == same == "2"

@@ -98,8 +98,23 @@ def _where(what: str, where: Mapping[str, Any]) -> dict[str, frozenset]:
         values = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
         if not values or any(not isinstance(v, (str, int, float, bool)) for v in values):
             raise ValueError(f"{what}: where[{name!r}] must be a string, number or list of them, got {value!r}")
-        selected[name] = frozenset(str(v) for v in values)
+        selected[name] = frozenset(attribute_text(v) for v in values)
     return selected
+
+
+def attribute_text(value: Any) -> str:
+    """The text a ``where`` value, a call's attribute and a key are compared and stored as.
+
+    Both sides go through here, so ``{"tier": 1}`` matches an attribute ``1.0`` and
+    ``{"vip": True}`` matches ``"true"`` (baggage carries only strings): bools are
+    ``"true"``/``"false"``, whole floats their integer text, other floats ``repr``.
+    Strings are taken as they are: case and whitespace matter.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
 
 
 def _zone(what: str, tz: str):
@@ -494,7 +509,7 @@ class _Lookup:
             if self._baggage is None:
                 self._baggage = baggage.get_all(otel_context.get_current())
             value = self._baggage.get(name)
-        return None if value is None else str(value)
+        return None if value is None else attribute_text(value)
 
 
 def all_attribute_names(limits: Iterable[SpendLimit]) -> frozenset[str]:
