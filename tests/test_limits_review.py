@@ -178,3 +178,50 @@ def test_where_strings_match_exactly_and_keys_share_the_normal_form():
     [(_, key)] = engine.match({"tenant.id": "acme", "tier": 2.0}, [])
     [(_, same)] = engine.match({"tenant.id": "acme", "tier": 2}, [])
     assert key == same == "2"
+
+
+# -- settings that would quietly do nothing are errors ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, said",
+    [
+        ({"at": (50, 80, 100)}, "fractions in (0, 1]"),
+        ({"at": (0.5, 1.5)}, "fractions in (0, 1]"),
+        ({"at": (float("nan"),)}, "fractions in (0, 1]"),
+        ({"retries": -1}, "retries"),
+        ({"retries": 2.5}, "retries"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"timeout_s": float("inf")}, "timeout_s"),
+        ({"backoff_s": -0.5}, "backoff_s"),
+        ({"backoff_s": float("nan")}, "backoff_s"),
+    ],
+)
+def test_alerts_refuse_percentages_and_settings_that_cannot_work(kwargs, said):
+    import wflo_otel
+
+    with pytest.raises(ValueError, match=said.replace("(", r"\(").replace("]", r"\]")):
+        wflo_otel.Alerts(**kwargs)
+
+
+def test_alerts_at_one_hundred_percent_is_accepted():
+    import wflo_otel
+
+    assert wflo_otel.Alerts(at=(1, 0.5)).at == (0.5, 1.0)
+
+
+def test_a_single_spend_limit_is_taken_as_a_list_of_one():
+    from wflo_otel.limits_config import resolve
+
+    limit = SpendLimit("one", usd=1.0, per="run")
+    assert resolve(limit, None) == ([limit], None)
+
+
+@pytest.mark.parametrize("tz", ["localtime", "Factory", "posixrules", "posix/Europe/Paris", "Mars/Olympus", ""])
+def test_a_time_zone_that_is_not_an_iana_key_is_refused(tz):
+    with pytest.raises(ValueError, match="IANA time zone"):
+        SpendLimit("a", usd=1.0, per="day", tz=tz)
+
+
+def test_iana_time_zones_are_accepted():
+    assert SpendLimit("a", usd=1.0, per="day", tz="Europe/Paris").tz == "Europe/Paris"

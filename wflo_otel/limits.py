@@ -117,15 +117,23 @@ def attribute_text(value: Any) -> str:
     return str(value)
 
 
+# Files of the zone database that are not IANA zone keys: "localtime" is whatever this machine
+# is set to (another machine's day would start at another hour), the others are artefacts.
+_NOT_ZONE_KEYS = frozenset({"localtime", "Factory", "posixrules"})
+
+
 def _zone(what: str, tz: str):
     if tz in ("UTC", "utc", "Z"):
         return timezone.utc
+    bad = ValueError(f"{what}: tz must be an IANA time zone like 'Europe/Paris', got {tz!r}")
+    if not isinstance(tz, str) or tz in _NOT_ZONE_KEYS or tz.startswith(("posix/", "right/")):
+        raise bad
     try:
         from zoneinfo import ZoneInfo
 
         return ZoneInfo(tz)
     except Exception:
-        raise ValueError(f"{what}: tz must be an IANA time zone like 'Europe/Paris', got {tz!r}") from None
+        raise bad from None
 
 
 _RUN_START = datetime.now(timezone.utc)
