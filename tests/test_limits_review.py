@@ -225,3 +225,33 @@ def test_a_time_zone_that_is_not_an_iana_key_is_refused(tz):
 
 def test_iana_time_zones_are_accepted():
     assert SpendLimit("a", usd=1.0, per="day", tz="Europe/Paris").tz == "Europe/Paris"
+
+
+# -- on_unavailable="allow": one process never spends past what it could check -----------------
+
+
+def test_with_the_database_down_allow_still_keeps_one_process_within_the_limit(max_output_server):
+    import openai
+    from opentelemetry.sdk.trace import TracerProvider
+
+    import wflo_otel
+
+    down = "postgresql+asyncpg://postgres@127.0.0.1:9/none?connect_timeout=1"
+    limit = SpendLimit("daily", usd=0.002, per="day", on_unavailable="allow")
+    handle = wflo_otel.configure(down, tracer_provider=TracerProvider(), exporter=False, limits=[limit], default_service_tier="default")
+    try:
+        handle.budget_processor.limits.store.timeout_s = 2
+        client = openai.OpenAI(base_url=max_output_server.base_url, api_key="k", max_retries=0)
+        spent, refused = 0.0, None
+        for _ in range(10):  # each call ~$0.0006: at most 3 fit $0.002
+            try:
+                with wflo_otel.workflow("w", budget_usd=1.0) as wf:
+                    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=1000)
+                spent += wf.spent_usd
+            except wflo_otel.BudgetExceededError as exc:
+                refused = exc
+                break
+    finally:
+        handle.shutdown()
+    assert refused is not None and refused.limit == "daily" and refused.unavailable
+    assert 0.0012 < spent <= 0.002

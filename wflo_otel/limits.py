@@ -362,16 +362,11 @@ class LimitEngine:
                 bucket.unavailable = False
             except StoreUnavailable as exc:
                 bucket.unavailable = True
-                if bucket.limit.on_unavailable == "allow":
-                    _log.warning("wflo-otel: spend limit %r: database unavailable (%s); allowing the call", bucket.limit.name, exc)
-                    if span is not None:
-                        span.set_attribute(WFLO_LIMIT_UNAVAILABLE, bucket.limit.name)
-                    with self._lock:
-                        bucket.reserved += amount
-                        bucket.granted += amount  # spent on trust: reported (and charged) once the database is back
-                    return
                 if span is not None:
                     span.set_attribute(WFLO_LIMIT_UNAVAILABLE, bucket.limit.name)
+                if bucket.limit.on_unavailable == "allow" and self._trust(bucket, amount):
+                    _log.warning("wflo-otel: spend limit %r: database unavailable (%s); allowing the call", bucket.limit.name, exc)
+                    return
                 raise self._refusal(bucket, amount, span, unavailable=str(exc))
             with self._lock:
                 if bucket.available + _EPSILON >= amount:
@@ -380,6 +375,21 @@ class LimitEngine:
                     return
             self._give_back(bucket)  # what little this process holds may complete another's call
             raise self._refusal(bucket, amount, span)
+
+    def _trust(self, bucket: Bucket, amount: float) -> bool:
+        """Hold ``amount`` on trust while the database is down, if this process alone stays within the limit.
+
+        The bucket is this period's local ledger: what the database last said was spent
+        (``db_spent``), plus this process's unreported spend and holds, plus this call,
+        must fit ``usd``. Other processes may spend meanwhile (that is what "allow"
+        accepts), but one process never spends past what it could check itself.
+        """
+        with self._lock:
+            if bucket.known_spent + bucket.reserved + amount > bucket.limit.usd + _EPSILON:
+                return False
+            bucket.reserved += amount
+            bucket.granted += amount  # spent on trust: reported (and charged) once the database is back
+            return True
 
     def _give_back(self, bucket: Bucket) -> None:
         """Return the unused part of this process's lease (a refused process must not hoard)."""
