@@ -398,7 +398,7 @@ def test_a_limit_refusal_releases_the_budget_and_a_failed_call_releases_the_limi
 def test_alerts_never_show_their_secret_or_webhook():
     alerts = wflo_otel.Alerts(webhook="https://hooks.slack.com/services/T0/B0/XYZ", secret="s3cret")
     assert "s3cret" not in repr(alerts) and "XYZ" not in repr(alerts)
-    with pytest.raises(ValueError, match="positive fractions"):
+    with pytest.raises(ValueError, match=r"fractions in \(0, 1\]"):
         wflo_otel.Alerts(at=(0.5, -1))
     with pytest.raises(ValueError, match="http"):
         wflo_otel.Alerts(webhook="ftp://x")

@@ -105,3 +105,72 @@ def test_tier_memory_is_bounded_and_forgets_the_oldest_first():
     memory.learn(("e", "m2"), None)  # a response naming no tier teaches nothing
     memory.learn(("e", "m2"), "auto")
     assert memory.tier(("e", "m2")) == "default"
+
+
+def test_a_flex_answer_to_a_tierless_request_does_not_lower_reservations_below_default(telemetry, canned):
+    """flex is served only when asked for: it says the project's tier is at least "default"."""
+    client = client_for("https://api.openai.com/v1", canned)
+    canned.answer(openai_chat(service_tier="flex", prompt=10, completion=20))
+    client.chat.completions.create(model="o3", messages=MESSAGES, max_tokens=OUT)  # names no tier; served "flex"
+    flex = BOOK.max_cost("o3", 0, OUT, service_tier="flex")
+    standard = BOOK.max_cost("o3", 0, OUT, service_tier="default")
+    assert flex < standard
+
+    with wflo_otel.workflow("after-flex", budget_usd=(flex + standard) / 2):
+        with pytest.raises(wflo_otel.BudgetExceededError):  # reserved at "default", not "flex"
+            client.chat.completions.create(model="o3", messages=MESSAGES, max_tokens=OUT)
+    assert len(canned.requests) == 1
+
+
+def test_a_cheaper_answer_never_lowers_the_learned_tier(telemetry, canned):
+    client = client_for("https://api.openai.com/v1", canned)
+    for tier in ("priority", "default", "flex"):  # dearest first, then cheaper answers
+        canned.answer(openai_chat(service_tier=tier, prompt=10, completion=20))
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=OUT)
+    standard = BOOK.max_cost(MODEL, 0, OUT, service_tier="default")
+    priority = BOOK.max_cost(MODEL, 0, OUT, service_tier="priority")
+    assert standard < priority
+
+    with wflo_otel.workflow("after-cheaper", budget_usd=(standard + priority) / 2):
+        with pytest.raises(wflo_otel.BudgetExceededError):  # still reserved at "priority"
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=OUT)
+
+
+def test_tier_memory_only_goes_up_and_never_below_default():
+    memory = TierMemory()
+    memory.learn(("e", "m"), "flex")
+    assert memory.tier(("e", "m")) == "default"
+    memory.learn(("e", "m"), "priority")
+    memory.learn(("e", "m"), "default")
+    memory.learn(("e", "m"), "batch")
+    memory.learn(("e", "m"), "some-new-tier")  # not ranked: teaches nothing
+    assert memory.tier(("e", "m")) == "priority"
+
+
+@pytest.fixture
+def not_learning():
+    from opentelemetry.sdk.trace import TracerProvider
+
+    handle = wflo_otel.configure(tracer_provider=TracerProvider(), exporter=False, learn_service_tier=False)
+    yield handle
+    handle.shutdown()
+
+
+def test_with_learning_off_tierless_requests_always_reserve_at_the_dearest_tier(not_learning, canned):
+    client = client_for("https://api.openai.com/v1", canned)
+    canned.answer(openai_chat(service_tier="default", prompt=10, completion=20))
+    client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=OUT)
+    dearest = BOOK.max_cost(MODEL, 0, OUT)
+    standard = BOOK.max_cost(MODEL, 0, OUT, service_tier="default")
+
+    with wflo_otel.workflow("not-learning", budget_usd=(standard + dearest) / 2):
+        with pytest.raises(wflo_otel.BudgetExceededError):
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=OUT)
+
+
+@pytest.mark.parametrize("raw, learns", [("", True), ("true", True), ("false", False), ("0", False), ("nope", False)])
+def test_wflo_learn_service_tier_turns_learning_off_and_a_bad_value_is_the_strict_cap(monkeypatch, raw, learns):
+    from wflo_otel.settings import learn_service_tier
+
+    monkeypatch.setenv("WFLO_LEARN_SERVICE_TIER", raw)
+    assert learn_service_tier() is learns

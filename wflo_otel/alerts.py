@@ -50,7 +50,7 @@ class Alerts:
     timeout_s: float = 5.0
     retries: int = 3
     backoff_s: float = 0.5
-    store: Any = field(default=None, repr=False)
+    store: Any = field(default=None, repr=False, compare=False)  # set when attached to an engine
     on_alert: Callable[[dict], None] | None = field(default=None, repr=False)  # tests, custom sinks
 
     def __post_init__(self) -> None:
@@ -58,9 +58,15 @@ class Alerts:
             at = tuple(sorted(float(x) for x in self.at))
         except (TypeError, ValueError):
             raise ValueError(f"Alerts(at=...) must be fractions like (0.5, 0.8, 1.0), got {self.at!r}") from None
-        if not at or any(not math.isfinite(x) or x <= 0 for x in at):
-            raise ValueError(f"Alerts(at=...) must be positive fractions like (0.5, 0.8, 1.0), got {self.at!r}")
+        if not at or any(not 0 < x <= 1 for x in at):  # 50 would be 5,000 %: never fired
+            raise ValueError(f"Alerts(at=...) must be fractions in (0, 1] like (0.5, 0.8, 1.0), got {self.at!r}")
         self.at = at
+        if type(self.retries) is not int or self.retries < 0:
+            raise ValueError(f"Alerts(retries=...) must be a whole number >= 0, got {self.retries!r}")
+        for name in ("timeout_s", "backoff_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"Alerts({name}=...) must be a finite number of seconds > 0, got {value!r}")
         if self.webhook is not None and not str(self.webhook).startswith(("http://", "https://")):
             raise ValueError(f"Alerts(webhook=...) must be an http(s) URL, got {self.webhook!r}")
         self._queue: queue.Queue = queue.Queue()

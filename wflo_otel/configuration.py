@@ -147,6 +147,7 @@ def configure(
     prices_file: str | None = None,
     default_output_tokens: int | None = None,
     default_service_tier: str | None = None,
+    learn_service_tier: bool | None = None,
     service_name: str | None = None,
     instrument_openai: bool = True,
     http_spans: bool | None = None,
@@ -164,19 +165,23 @@ def configure(
     budgeted, though not exported (``wflo_otel.sampling``).
     ``default_service_tier`` (or ``$WFLO_DEFAULT_SERVICE_TIER``): the tier OpenAI serves
     your project's requests that name none, so their reservation is at its prices
-    instead of the model's most expensive tier's.
+    instead of the model's most expensive tier's. ``learn_service_tier`` (or
+    ``$WFLO_LEARN_SERVICE_TIER``, default on): otherwise learn it from responses
+    (docs/providers.md); False reserves at the dearest tier, the strict cap.
     ``http_spans`` (or ``$WFLO_HTTP_SPANS``): a span per HTTP attempt under each LLM call.
     ``limits`` (``wflo_otel.SpendLimit``, else ``$WFLO_LIMITS_FILE``): spend limits per key
     and period, shared by every process through ``database_url``'s database;
     ``alerts`` (``wflo_otel.Alerts``): where their thresholds are reported
     (docs/spend-limits.md).
     """
-    from .limits_config import build_engine, resolve
+    from .limits_config import apply_limits, resolve
 
     limits, alerts = resolve(limits, alerts)  # a bad limit fails here, before anything is set up
     global _handle
     with _lock:
         if _handle is not None:
+            engine = _handle.budget_processor.limits
+            _handle.budget_processor.limits = apply_limits(engine, limits, alerts, database_url, meter_provider=meter_provider)
             return _handle
         if tracer_provider is None:
             adopted = _adopt_zero_code_setup()
@@ -191,12 +196,13 @@ def configure(
                     prices_file=prices_file is not None,
                     default_output_tokens=default_output_tokens is not None,
                     default_service_tier=default_service_tier is not None,
+                    learn_service_tier=learn_service_tier is not None,
                     service_name=service_name is not None,
                     instrument_openai=instrument_openai is not True,
                     http_spans=http_spans is not None,
                 )
-                if limits and adopted.budget_processor.limits is None:
-                    adopted.budget_processor.limits = build_engine(limits, alerts, database_url, meter_provider=meter_provider)
+                processor = adopted.budget_processor  # $WFLO_LIMITS_FILE's limits, plus these
+                processor.limits = apply_limits(processor.limits, limits, alerts, database_url, meter_provider=meter_provider)
                 _handle = adopted
                 return adopted
         pricebook = pricebook_for(prices_file)
@@ -207,8 +213,7 @@ def configure(
             scope_ttl_s=scope_ttl_s,
             pricebook=pricebook,
         )
-        if limits:
-            budget.limits = build_engine(limits, alerts, database_url, meter_provider=meter_provider)
+        budget.limits = apply_limits(None, limits, alerts, database_url, meter_provider=meter_provider)
         provider = _provider(tracer_provider, service_name)
         keep_budgets_when_sampled_out(provider)  # a trace the sampler drops is still budgeted
         span_exporter = _exporter(exporter, database_url, pricebook)
@@ -224,7 +229,8 @@ def configure(
         instrumentor = None
         if instrument_openai:
             instrumentor = _instrument_openai(
-                provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier, http_spans
+                provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier, http_spans,
+                learn_service_tier,
             )
         _handle = Handle(
             provider, budget, span_exporter, span_processor, pricebook, instrumentor, slot, meter_provider=meter_provider
@@ -342,7 +348,8 @@ def _exporter(exporter: SpanExporter | bool | None, database_url: str | None, pr
 
 
 def _instrument_openai(
-    provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier=None, http_spans=None
+    provider, meter_provider, pricebook, budget, default_output_tokens, default_service_tier=None, http_spans=None,
+    learn_service_tier=None,
 ):
     try:
         import openai  # noqa: F401
@@ -360,6 +367,7 @@ def _instrument_openai(
         default_output_tokens=default_output_tokens or env_int(ENV_DEFAULT_OUTPUT_TOKENS),
         default_service_tier=default_service_tier,
         http_spans=http_spans,
+        learn_service_tier=learn_service_tier,
     )
     return instrumentor
 

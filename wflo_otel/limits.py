@@ -98,19 +98,42 @@ def _where(what: str, where: Mapping[str, Any]) -> dict[str, frozenset]:
         values = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
         if not values or any(not isinstance(v, (str, int, float, bool)) for v in values):
             raise ValueError(f"{what}: where[{name!r}] must be a string, number or list of them, got {value!r}")
-        selected[name] = frozenset(str(v) for v in values)
+        selected[name] = frozenset(attribute_text(v) for v in values)
     return selected
+
+
+def attribute_text(value: Any) -> str:
+    """The text a ``where`` value, a call's attribute and a key are compared and stored as.
+
+    Both sides go through here, so ``{"tier": 1}`` matches an attribute ``1.0`` and
+    ``{"vip": True}`` matches ``"true"`` (baggage carries only strings): bools are
+    ``"true"``/``"false"``, whole floats their integer text, other floats ``repr``.
+    Strings are taken as they are: case and whitespace matter.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+# Files of the zone database that are not IANA zone keys: "localtime" is whatever this machine
+# is set to (another machine's day would start at another hour), the others are artefacts.
+_NOT_ZONE_KEYS = frozenset({"localtime", "Factory", "posixrules"})
 
 
 def _zone(what: str, tz: str):
     if tz in ("UTC", "utc", "Z"):
         return timezone.utc
+    bad = ValueError(f"{what}: tz must be an IANA time zone like 'Europe/Paris', got {tz!r}")
+    if not isinstance(tz, str) or tz in _NOT_ZONE_KEYS or tz.startswith(("posix/", "right/")):
+        raise bad
     try:
         from zoneinfo import ZoneInfo
 
         return ZoneInfo(tz)
     except Exception:
-        raise ValueError(f"{what}: tz must be an IANA time zone like 'Europe/Paris', got {tz!r}") from None
+        raise bad from None
 
 
 _RUN_START = datetime.now(timezone.utc)
@@ -249,6 +272,33 @@ class LimitEngine:
         self._closed = False
         self._heartbeat_stop: threading.Event | None = None
 
+    def add_limits(self, limits: Sequence[SpendLimit]) -> list[SpendLimit]:
+        """Add limits given by a later ``configure()``: a call must then fit every limit.
+
+        A name already here with the same definition is kept as it is; with another
+        definition it is a ``ValueError`` (two caps of one name would share buckets).
+        Returns the limits actually added.
+        """
+        with self._lock:
+            known = {limit.name: limit for limit in self.limits}
+            added = []
+            for limit in limits:
+                if limit.name in known:
+                    if known[limit.name] != limit:
+                        raise ValueError(
+                            f"spend limit {limit.name!r} is already configured as {known[limit.name]!r}; "
+                            f"a later configure() cannot redefine it as {limit!r}"
+                        )
+                    continue
+                known[limit.name] = limit
+                added.append(limit)
+            if added:
+                self.limits = self.limits + tuple(added)
+                self.attribute_names = self.attribute_names | all_attribute_names(added)
+                for limit in added:
+                    self.refusals.setdefault(limit.name, 0)
+            return added
+
     # -- matching --------------------------------------------------------------------------------
 
     def match(self, call_attributes: Mapping[str, Any] | None, chain: Sequence[Any]) -> list[tuple[SpendLimit, str]]:
@@ -312,16 +362,11 @@ class LimitEngine:
                 bucket.unavailable = False
             except StoreUnavailable as exc:
                 bucket.unavailable = True
-                if bucket.limit.on_unavailable == "allow":
-                    _log.warning("wflo-otel: spend limit %r: database unavailable (%s); allowing the call", bucket.limit.name, exc)
-                    if span is not None:
-                        span.set_attribute(WFLO_LIMIT_UNAVAILABLE, bucket.limit.name)
-                    with self._lock:
-                        bucket.reserved += amount
-                        bucket.granted += amount  # spent on trust: reported (and charged) once the database is back
-                    return
                 if span is not None:
                     span.set_attribute(WFLO_LIMIT_UNAVAILABLE, bucket.limit.name)
+                if bucket.limit.on_unavailable == "allow" and self._trust(bucket, amount):
+                    _log.warning("wflo-otel: spend limit %r: database unavailable (%s); allowing the call", bucket.limit.name, exc)
+                    return
                 raise self._refusal(bucket, amount, span, unavailable=str(exc))
             with self._lock:
                 if bucket.available + _EPSILON >= amount:
@@ -330,6 +375,21 @@ class LimitEngine:
                     return
             self._give_back(bucket)  # what little this process holds may complete another's call
             raise self._refusal(bucket, amount, span)
+
+    def _trust(self, bucket: Bucket, amount: float) -> bool:
+        """Hold ``amount`` on trust while the database is down, if this process alone stays within the limit.
+
+        The bucket is this period's local ledger: what the database last said was spent
+        (``db_spent``), plus this process's unreported spend and holds, plus this call,
+        must fit ``usd``. Other processes may spend meanwhile (that is what "allow"
+        accepts), but one process never spends past what it could check itself.
+        """
+        with self._lock:
+            if bucket.known_spent + bucket.reserved + amount > bucket.limit.usd + _EPSILON:
+                return False
+            bucket.reserved += amount
+            bucket.granted += amount  # spent on trust: reported (and charged) once the database is back
+            return True
 
     def _give_back(self, bucket: Bucket) -> None:
         """Return the unused part of this process's lease (a refused process must not hoard)."""
@@ -467,7 +527,7 @@ class _Lookup:
             if self._baggage is None:
                 self._baggage = baggage.get_all(otel_context.get_current())
             value = self._baggage.get(name)
-        return None if value is None else str(value)
+        return None if value is None else attribute_text(value)
 
 
 def all_attribute_names(limits: Iterable[SpendLimit]) -> frozenset[str]:

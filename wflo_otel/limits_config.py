@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import weakref
@@ -96,13 +97,42 @@ def resolve(limits: Sequence[SpendLimit] | None, alerts: Alerts | None) -> tuple
             return [], alerts
         limits, from_file = load_limits_file(path)
         alerts = alerts or from_file
-    limits = list(limits)
+    limits = [limits] if isinstance(limits, SpendLimit) else list(limits)
     for limit in limits:
         if not isinstance(limit, SpendLimit):
             raise ValueError(f"configure(limits=...) takes wflo_otel.SpendLimit objects, got {limit!r}")
+    check_distinct_names(limits)
+    if any(limit.per != "run" for limit in limits):
+        checked_lease_ttl()  # a malformed WFLO_LIMITS_LEASE_TTL_S fails here, not late in build_engine
     if alerts is not None and not isinstance(alerts, Alerts):
         raise ValueError(f"configure(alerts=...) takes wflo_otel.Alerts, got {alerts!r}")
     return limits, alerts
+
+
+def check_distinct_names(limits: Sequence[SpendLimit]) -> None:
+    """Two limits of one name would share buckets and leases: refuse them up front."""
+    names = [limit.name for limit in limits]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"spend limits must have distinct names; repeated: {', '.join(duplicates)}")
+
+
+def checked_lease_ttl(value: float | None = None) -> float:
+    """The lease TTL: ``value``, else ``$WFLO_LIMITS_LEASE_TTL_S``, else the default; finite and > 0.
+
+    0 is an error, not "the default": a lease that expires at once would be reclaimed
+    by every other process, and a negative one would make the heartbeat spin.
+    """
+    from .limits_store import DEFAULT_LEASE_TTL_S
+    from .settings import env_float
+
+    name = "lease_ttl_s" if value is not None else ENV_LEASE_TTL
+    ttl = value if value is not None else env_float(ENV_LEASE_TTL)
+    if ttl is None:
+        return DEFAULT_LEASE_TTL_S
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (0 < ttl < math.inf):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {ttl!r}")
+    return float(ttl)
 
 
 def build_engine(
@@ -114,13 +144,12 @@ def build_engine(
     lease_ttl_s: float | None = None,
 ) -> LimitEngine:
     """A started engine: calendar periods leased from ``database_url``'s database."""
-    from .limits_store import DEFAULT_LEASE_TTL_S, LeaseStore
-    from .settings import database_url as resolve_url, env_float
+    from .limits_store import LeaseStore
+    from .settings import database_url as resolve_url
 
     store = None
     if any(limit.per != "run" for limit in limits):
-        ttl = lease_ttl_s or env_float(ENV_LEASE_TTL) or DEFAULT_LEASE_TTL_S
-        store = LeaseStore(resolve_url(database_url), ttl_s=ttl)
+        store = LeaseStore(resolve_url(database_url), ttl_s=checked_lease_ttl(lease_ttl_s))
     if alerts is not None:
         alerts.store = store
     engine = LimitEngine(limits, store=store, alerts=alerts)
@@ -130,10 +159,52 @@ def build_engine(
     return engine
 
 
+def apply_limits(
+    engine: LimitEngine | None,
+    limits: Sequence[SpendLimit],
+    alerts: Alerts | None,
+    database_url: str | None,
+    *,
+    meter_provider: Any = None,
+) -> LimitEngine | None:
+    """The engine a budget processor has once ``configure()`` gives it ``limits`` and ``alerts``.
+
+    Also for a ``configure()`` made after the processor exists (a second call, or one
+    under ``opentelemetry-instrument``): they apply, never silently dropped. No engine yet → a new one; an engine → the
+    new limits join it (``LimitEngine.add_limits``). Alerts join an engine that has
+    none; an engine that already reports to other alerts is a ``ValueError``.
+    Returns the engine the processor should now have.
+    """
+    if not limits and alerts is None:
+        return engine
+    if engine is None:
+        if not limits:
+            raise ValueError("configure(alerts=...) needs spend limits to alert on (limits=... or $WFLO_LIMITS_FILE)")
+        return build_engine(limits, alerts, database_url, meter_provider=meter_provider)
+    if alerts is not None and engine.alerts is not alerts:
+        if engine.alerts is not None:
+            raise ValueError("spend limit alerts are already configured; a later configure() cannot replace them")
+        alerts.store = engine.store
+        engine.alerts = alerts
+    if any(limit.per != "run" for limit in limits) and engine.store is None:
+        from .limits_store import LeaseStore
+        from .settings import database_url as resolve_url
+
+        check_distinct_names([*engine.limits, *limits])  # before opening anything
+        engine.store = LeaseStore(resolve_url(database_url), ttl_s=checked_lease_ttl())
+        if engine.alerts is not None:
+            engine.alerts.store = engine.store
+        start_heartbeat(engine, interval_s=min(5.0, engine.store.ttl_s / 3))
+    engine.add_limits(limits)
+    return engine
+
+
 def start_heartbeat(engine: LimitEngine, interval_s: float) -> threading.Thread | None:
     """Report spend, renew leases and roll periods over every ``interval_s`` until the engine closes."""
     if engine.store is None:
         return None
+    if not 0 < interval_s < math.inf:  # stop.wait(<= 0) returns at once: the thread would spin
+        raise ValueError(f"the spend limits heartbeat needs an interval > 0 seconds, got {interval_s!r}")
     stop = threading.Event()
     ref = weakref.ref(engine)
 

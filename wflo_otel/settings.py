@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from .pricing import PriceBook, default_pricebook, load_price_file
@@ -11,6 +12,8 @@ ENV_DEFAULT_BUDGET = "WFLO_DEFAULT_BUDGET_USD"
 ENV_PRICES_FILE = "WFLO_PRICES_FILE"
 ENV_DEFAULT_OUTPUT_TOKENS = "WFLO_DEFAULT_OUTPUT_TOKENS"
 ENV_DEFAULT_SERVICE_TIER = "WFLO_DEFAULT_SERVICE_TIER"
+
+_log = logging.getLogger(__name__)
 
 
 def database_url(explicit: str | None = None) -> str:
@@ -41,6 +44,25 @@ def default_service_tier(explicit: str | None = None) -> str | None:
     ``$WFLO_DEFAULT_SERVICE_TIER``, else None (unknown: reserve at the model's dearest tier)."""
     tier = explicit or os.environ.get(ENV_DEFAULT_SERVICE_TIER, "").strip()
     return tier if tier and tier != "auto" else None
+
+
+ENV_LEARN_SERVICE_TIER = "WFLO_LEARN_SERVICE_TIER"
+
+
+def learn_service_tier(explicit: bool | None = None) -> bool:
+    """Learn the project's tier from responses (``explicit``, else ``$WFLO_LEARN_SERVICE_TIER``, else on).
+
+    A value that is neither true nor false turns learning off, with a warning: off is
+    the strict cap (reserve at the dearest tier), never the looser one.
+    """
+    if explicit is not None:
+        return bool(explicit)
+    raw = os.environ.get(ENV_LEARN_SERVICE_TIER, "").strip().lower()
+    if raw in ("", "1", "true", "yes", "on"):
+        return True
+    if raw not in ("0", "false", "no", "off"):
+        _log.warning("wflo-otel: %s=%r is not true or false; not learning service tiers", ENV_LEARN_SERVICE_TIER, raw)
+    return False
 
 
 def pricebook_for(prices_file: str | None = None) -> PriceBook:

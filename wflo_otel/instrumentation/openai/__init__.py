@@ -30,7 +30,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from ...errors import BudgetExceededError
 from ...metrics import GenAIMetrics
 from ...pricing import default_pricebook
-from ...settings import default_service_tier
+from ...settings import default_service_tier, learn_service_tier
 from .http_attempts import http_spans_setting
 from .call import LLMCall, Telemetry, begin, in_llm_call
 from .parsing import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Shape, ask_for_stream_usage, is_raw_request, read_json_body
@@ -42,6 +42,7 @@ from .streams import (
     StreamManagerProxy,
     wrap_stream,
 )
+from .tiers import TierMemory
 
 __all__ = ["OpenAIInstrumentor"]
 
@@ -111,6 +112,8 @@ class OpenAIInstrumentor(BaseInstrumentor):
     ``default_output_tokens`` (the output ceiling reserved when a request sets none),
     ``default_service_tier`` (the tier the API serves requests naming none; default
     ``$WFLO_DEFAULT_SERVICE_TIER``, else unknown: reserved at the model's dearest tier)
+    ``learn_service_tier`` (learn the project's tier from responses, default
+    ``$WFLO_LEARN_SERVICE_TIER``, else on; off reserves tier-less requests at the dearest tier),
     ``capture_message_content`` (default: ``$OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``)
     and ``http_spans`` (a span per HTTP attempt under each call; default ``$WFLO_HTTP_SPANS``).
     """
@@ -133,6 +136,7 @@ class OpenAIInstrumentor(BaseInstrumentor):
             default_output_tokens=kwargs.get("default_output_tokens") or 4096,
             capture_content=capture_content_from_env() if capture is None else bool(capture),
             default_service_tier=default_service_tier(kwargs.get("default_service_tier")),
+            tiers=TierMemory(learning=learn_service_tier(kwargs.get("learn_service_tier"))),
             http_spans=http_spans_setting(kwargs.get("http_spans"), default=HTTP_SPANS_DEFAULT),
             tracer_provider=kwargs.get("tracer_provider"),
         )
