@@ -19,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from ..errors import BudgetExceededError, error_type
+from ..redaction import redact_message
 from .errors import ApprovalExpired, ApprovalRejected, CheckpointNotFound, ExecutionNotFound
 from .records import (
     ROLLBACK_COMPLETED,
@@ -227,7 +228,7 @@ class WorkflowControls:
                         _call_sync(compensation.fn, compensation.args, compensation.kwargs)
                     ran.append(compensation.describe())
                 except Exception as exc:  # recorded; the other compensations still run
-                    failed.append({**compensation.describe(), "error": f"{error_type(exc)}: {exc}"[:1000]})
+                    failed.append({**compensation.describe(), "error": redact_message(f"{error_type(exc)}: {exc}")})
             status = ROLLBACK_COMPLETED if not failed else (ROLLBACK_PARTIAL if ran else ROLLBACK_FAILED)
             block.span.set_attribute(ATTR_ROLLBACK_STATUS, status)
             ref = self._ref()
@@ -235,7 +236,7 @@ class WorkflowControls:
                 lambda: store.record_rollback(
                     ref,
                     snapshot_id=snapshot.id if snapshot else None,
-                    reason=reason,
+                    reason=redact_message(reason),  # an exception's text may carry a key, as in workflow_executions.error
                     initiated_by=initiated_by,
                     status=status,
                     details={"ran": ran, "failed": failed, "to_version": snapshot.version if snapshot else None},
@@ -331,7 +332,7 @@ class WorkflowControls:
             trigger = _rollback_trigger(exc, self.rollback_on)
             if trigger is not None and self._compensations:
                 try:
-                    self.rollback(reason=f"{error_type(exc)}: {exc}"[:1000], initiated_by=f"rollback_on:{trigger}")
+                    self.rollback(reason=f"{error_type(exc)}: {exc}", initiated_by=f"rollback_on:{trigger}")
                 except Exception:  # never hide the body's exception behind the rollback's
                     _log.exception("wflo-otel: automatic rollback of execution %s failed", self.execution_id)
         finally:

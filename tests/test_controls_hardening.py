@@ -1,0 +1,38 @@
+"""The controls under hostile input: secrets, odd policies, odd timeouts, odd states, races (issue 17 review)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import wflo_otel
+from wflo_otel.redaction import redact
+
+from controls_support import controls  # noqa: F401  (fixture)
+
+KEY = "sk-proj-abcdefghijklmnopqrstuvwxyz0123"
+
+
+def test_redacting_twice_leaves_the_text_as_redacting_once():
+    once = redact(f"401: Authorization: Bearer {KEY}")
+    assert once == "401: Authorization: [REDACTED]"
+    assert redact(once) == once
+    assert redact(redact("x-api-key=abcdef123456")) == "x-api-key=[REDACTED]"
+
+
+def test_a_rollbacks_reason_and_failed_compensation_errors_are_stored_redacted(controls):
+    def refund(charge_id):
+        raise ConnectionError(f"payment API said 401 for Authorization: Bearer {KEY} ({charge_id})")
+
+    with pytest.raises(RuntimeError):
+        with wflo_otel.workflow("booking", rollback_on="error") as wf:
+            with wflo_otel.step("charge") as s:
+                s.on_rollback(refund, "ch_1")
+            raise RuntimeError(f"upstream echoed api_key={KEY}")
+    ((reason, details),) = controls.rows("SELECT reason, details FROM rollback_actions WHERE execution_id = :e", e=wf.execution_id)
+    details = details if isinstance(details, dict) else json.loads(details)
+    stored = reason + json.dumps(details)
+    assert KEY not in stored and "abcdefghijklmnop" not in stored
+    assert reason == "RuntimeError: upstream echoed api_key=[REDACTED]"
+    assert details["failed"][0]["error"] == "ConnectionError: payment API said 401 for Authorization: [REDACTED] (ch_1)"
