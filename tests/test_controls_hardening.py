@@ -36,3 +36,11 @@ def test_a_rollbacks_reason_and_failed_compensation_errors_are_stored_redacted(c
     assert KEY not in stored and "abcdefghijklmnop" not in stored
     assert reason == "RuntimeError: upstream echoed api_key=[REDACTED]"
     assert details["failed"][0]["error"] == "ConnectionError: payment API said 401 for Authorization: [REDACTED] (ch_1)"
+
+
+@pytest.mark.parametrize("answer", ["deny", 1, 0, [], {"approve": False}])
+def test_a_policy_that_returns_anything_but_true_false_or_none_is_a_type_error_and_writes_nothing(controls, answer):
+    with wflo_otel.workflow("refunds") as wf:
+        with pytest.raises(TypeError, match=r"policy must return True, False or None, got " + repr(answer).replace("[", r"\[").replace("{", r"\{")):
+            wf.require_approval("refund", policy=lambda request: answer)
+    assert controls.rows("SELECT COUNT(*) FROM approval_requests") == [(0,)]

@@ -403,8 +403,8 @@ class _Gate:
         self.requested_usd = requested_usd
         self.decision = policy_decision
         if policy is not None and self.decision is None:
-            self.decision = policy(
-                {"name": name, "message": message, "context": self.context, "workflow": wf.name, "execution_id": wf.execution_id}
+            self.decision = _policy_decision(
+                policy({"name": name, "message": message, "context": self.context, "workflow": wf.name, "execution_id": wf.execution_id})
             )
         self.ref = wf._ref()
         self.step_id: str | None = None
@@ -460,6 +460,13 @@ def _call_sync(fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
             f"compensation {getattr(fn, '__qualname__', fn)!r} is async: rollback runs compensations "
             "synchronously; register a sync function (e.g. one that calls asyncio.run_coroutine_threadsafe)"
         )
+
+
+def _policy_decision(value: Any) -> bool | None:
+    """A policy's answer: only True, False and None decide; a truthy "deny" must not approve."""
+    if value is None or isinstance(value, bool):
+        return value
+    raise TypeError(f"an approval policy must return True, False or None, got {value!r}")
 
 
 def _check_timeout(timeout_s: float | None) -> None:
