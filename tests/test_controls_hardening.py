@@ -44,3 +44,13 @@ def test_a_policy_that_returns_anything_but_true_false_or_none_is_a_type_error_a
         with pytest.raises(TypeError, match=r"policy must return True, False or None, got " + repr(answer).replace("[", r"\[").replace("{", r"\{")):
             wf.require_approval("refund", policy=lambda request: answer)
     assert controls.rows("SELECT COUNT(*) FROM approval_requests") == [(0,)]
+
+
+@pytest.mark.parametrize("timeout_s", [float("inf"), 1e20, float("nan"), 0, -1])
+def test_an_unbounded_approval_timeout_is_a_value_error_before_anything_is_written(controls, timeout_s):
+    with pytest.raises(ValueError, match="approval_timeout_s must be a positive number of seconds up to"):
+        wflo_otel.workflow("agent", on_exceed="approve", approval_timeout_s=timeout_s)
+    with wflo_otel.workflow("refunds") as wf:
+        with pytest.raises(ValueError, match="timeout_s must be a positive number of seconds up to"):
+            wf.require_approval("refund", timeout_s=timeout_s)
+    assert controls.rows("SELECT COUNT(*) FROM approval_requests") == [(0,)]

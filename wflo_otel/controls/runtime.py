@@ -44,6 +44,7 @@ ROLLBACK_ON_ERROR = "error"
 ROLLBACK_ON_BUDGET = "budget"
 _ROLLBACK_ON = (ROLLBACK_ON_ERROR, ROLLBACK_ON_BUDGET)
 DEFAULT_APPROVAL_TIMEOUT_S = 3600.0
+MAX_TIMEOUT_S = 10 * 366 * 86400.0  # ten years: far beyond any wait, far below datetime's range
 POLICY = "policy"
 
 # Span attributes and events of the controls.
@@ -127,7 +128,7 @@ class WorkflowControls:
             raise ValueError(f"resume must be an execution id, got {resume!r}")
         if auto_approve_below_usd is not None and not auto_approve_below_usd >= 0:
             raise ValueError(f"auto_approve_below_usd must be a non-negative number, got {auto_approve_below_usd!r}")
-        _check_timeout(approval_timeout_s)
+        _check_timeout(approval_timeout_s, "approval_timeout_s")
         self.resume_id = resume
         self.rollback_on = normalize_rollback_on(rollback_on)
         self.auto_approve_below_usd = auto_approve_below_usd
@@ -469,9 +470,14 @@ def _policy_decision(value: Any) -> bool | None:
     raise TypeError(f"an approval policy must return True, False or None, got {value!r}")
 
 
-def _check_timeout(timeout_s: float | None) -> None:
-    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0):
-        raise ValueError(f"timeout_s must be a positive number of seconds or None, got {timeout_s!r}")
+def _check_timeout(timeout_s: float | None, name: str = "timeout_s") -> None:
+    """Finite, positive and at most ``MAX_TIMEOUT_S``: ``now + timedelta(seconds=inf)`` would overflow after validation."""
+    if timeout_s is None:
+        return
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise ValueError(
+            f"{name} must be a positive number of seconds up to {MAX_TIMEOUT_S:.0f} (10 years) or None, got {timeout_s!r}"
+        )
 
 
 def _is_json(value: Any) -> bool:
