@@ -54,3 +54,21 @@ def test_an_unbounded_approval_timeout_is_a_value_error_before_anything_is_writt
         with pytest.raises(ValueError, match="timeout_s must be a positive number of seconds up to"):
             wf.require_approval("refund", timeout_s=timeout_s)
     assert controls.rows("SELECT COUNT(*) FROM approval_requests") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"notes": ["ok", "a\x00b"]}, r"state\['notes'\]\[1\] contains a NUL character"),
+        ({"notes": "\ud800"}, r"state\['notes'\] contains a lone surrogate"),
+        ({"k\x00": 1}, r"state key 'k\\x00' contains a NUL character"),
+    ],
+)
+def test_a_nul_or_lone_surrogate_in_a_state_or_context_is_a_type_error_naming_the_path_on_both_engines(controls, bad, message):
+    with wflo_otel.workflow("research") as wf:
+        with pytest.raises(TypeError, match=message):
+            wf.checkpoint("bad", bad)
+        with pytest.raises(TypeError, match=message.replace("state", "context", 1)):
+            wf.require_approval("refund", context=bad, timeout_s=1)
+    assert controls.rows("SELECT COUNT(*) FROM state_snapshots") == [(0,)]
+    assert controls.rows("SELECT COUNT(*) FROM approval_requests") == [(0,)]
