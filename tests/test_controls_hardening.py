@@ -72,3 +72,34 @@ def test_a_nul_or_lone_surrogate_in_a_state_or_context_is_a_type_error_naming_th
             wf.require_approval("refund", context=bad, timeout_s=1)
     assert controls.rows("SELECT COUNT(*) FROM state_snapshots") == [(0,)]
     assert controls.rows("SELECT COUNT(*) FROM approval_requests") == [(0,)]
+
+
+def _set_status(controls, execution_id, status):
+    import sqlalchemy as sa
+
+    async def update(store):
+        async with store.engine.begin() as conn:  # what the exporter writes when the root span lands
+            await conn.execute(sa.text("UPDATE workflow_executions SET status = :s WHERE id = :e"), {"s": status, "e": execution_id})
+
+    controls.run(update)
+
+
+def test_resuming_another_workflows_execution_or_a_completed_one_is_refused_and_writes_nothing(controls):
+    with pytest.raises(RuntimeError):
+        with wflo_otel.workflow("research") as first:
+            first.checkpoint("half", {"done": 1})
+            raise RuntimeError("crash")
+    before = controls.rows("SELECT COUNT(*) FROM execution_resumes"), controls.rows("SELECT COUNT(*) FROM workflow_executions")
+    with pytest.raises(ValueError, match=rf"execution {first.execution_id} is of workflow 'research', not 'billing'"):
+        with wflo_otel.workflow("billing", resume=first.execution_id):
+            pytest.fail("the body must not run")
+    _set_status(controls, first.execution_id, "COMPLETED")
+    with pytest.raises(ValueError, match=rf"execution {first.execution_id} of workflow 'research' is COMPLETED"):
+        with wflo_otel.workflow("research", resume=first.execution_id):
+            pytest.fail("the body must not run")
+    after = controls.rows("SELECT COUNT(*) FROM execution_resumes"), controls.rows("SELECT COUNT(*) FROM workflow_executions")
+    assert after == before == ([(0,)], [(1,)])
+    assert [s.name for s in controls.spans("invoke_workflow")] == ["invoke_workflow research"]
+    _set_status(controls, first.execution_id, "FAILED")
+    with wflo_otel.workflow("research", resume=first.execution_id) as resumed:
+        assert resumed.restored == {"done": 1}

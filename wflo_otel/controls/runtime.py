@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
+from ..attributes import STATUS_COMPLETED
 from ..errors import BudgetExceededError, error_type
 from ..redaction import redact_message
 from .errors import ApprovalExpired, ApprovalRejected, CheckpointNotFound, ExecutionNotFound
@@ -290,6 +291,7 @@ class WorkflowControls:
         info = store.run(lambda: store.execution(execution_id))
         if info is None:
             raise ExecutionNotFound(execution_id)
+        _check_resumable(info, self.name)
         self._resumed = info
         self._restored = store.run(lambda: store.latest_snapshot(execution_id))
         spent_then = self._restored.spent_usd if self._restored is not None else 0.0
@@ -461,6 +463,16 @@ def _call_sync(fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
             f"compensation {getattr(fn, '__qualname__', fn)!r} is async: rollback runs compensations "
             "synchronously; register a sync function (e.g. one that calls asyncio.run_coroutine_threadsafe)"
         )
+
+
+def _check_resumable(info: ExecutionInfo, workflow: str) -> None:
+    """Refuse, before any span or row, a resume that would continue the wrong thing."""
+    if info.workflow != workflow:
+        raise ValueError(
+            f"execution {info.id} is of workflow {info.workflow!r}, not {workflow!r}: resume it with workflow({info.workflow!r}, resume=...)"
+        )
+    if info.status == STATUS_COMPLETED:
+        raise ValueError(f"execution {info.id} of workflow {workflow!r} is COMPLETED; there is nothing to resume")
 
 
 def _policy_decision(value: Any) -> bool | None:
