@@ -103,3 +103,36 @@ def test_resuming_another_workflows_execution_or_a_completed_one_is_refused_and_
     _set_status(controls, first.execution_id, "FAILED")
     with wflo_otel.workflow("research", resume=first.execution_id) as resumed:
         assert resumed.restored == {"done": 1}
+
+
+MESSAGES = [{"role": "user", "content": "Once more, please."}]
+
+
+def test_auto_approve_below_is_a_cumulative_allowance_not_a_per_raise_threshold(controls, client, openai_server):
+    from wflo_otel import BudgetExceededError
+
+    with wflo_otel.workflow("probe", budget_usd=0.000001, on_exceed="approve", auto_approve_below_usd=1.0) as probe:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=50)
+    ((one_raise,),) = controls.rows("SELECT requested_usd FROM approval_requests WHERE execution_id = :e", e=probe.execution_id)
+    allowance = one_raise * 2.5  # each raise is below it; three together are not
+    sent = openai_server.request_count
+    with pytest.raises(BudgetExceededError) as caught:
+        with wflo_otel.workflow(
+            "agent", budget_usd=0.000001, on_exceed="approve", auto_approve_below_usd=allowance, approval_timeout_s=0.3
+        ) as wf:
+            for _ in range(20):
+                client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=50)
+    assert caught.value.refused
+    rows = controls.rows(
+        "SELECT status, decided_by, requested_usd FROM approval_requests WHERE execution_id = :e ORDER BY created_at", e=wf.execution_id
+    )
+    by_policy = [usd for status, by, usd in rows if by == "policy"]
+    assert sum(by_policy) < allowance and len(by_policy) >= 1
+    assert rows[-1][0] == "EXPIRED" and rows[-1][1] is None  # past the allowance a person was asked; nobody answered
+    assert openai_server.request_count - sent == len(by_policy)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.01, "0.05", True])
+def test_auto_approve_below_must_be_a_finite_non_negative_number(bad):
+    with pytest.raises(ValueError, match="auto_approve_below_usd must be a finite, non-negative number"):
+        wflo_otel.workflow("agent", on_exceed="approve", auto_approve_below_usd=bad)

@@ -13,6 +13,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import math
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 
 from opentelemetry import trace
@@ -127,8 +128,12 @@ class WorkflowControls:
     ) -> None:
         if resume is not None and (not isinstance(resume, str) or not resume):
             raise ValueError(f"resume must be an execution id, got {resume!r}")
-        if auto_approve_below_usd is not None and not auto_approve_below_usd >= 0:
-            raise ValueError(f"auto_approve_below_usd must be a non-negative number, got {auto_approve_below_usd!r}")
+        if auto_approve_below_usd is not None and (
+            isinstance(auto_approve_below_usd, bool)
+            or not isinstance(auto_approve_below_usd, (int, float))
+            or not 0 <= auto_approve_below_usd < math.inf
+        ):
+            raise ValueError(f"auto_approve_below_usd must be a finite, non-negative number of USD, got {auto_approve_below_usd!r}")
         _check_timeout(approval_timeout_s, "approval_timeout_s")
         self.resume_id = resume
         self.rollback_on = normalize_rollback_on(rollback_on)
