@@ -136,3 +136,82 @@ def test_auto_approve_below_is_a_cumulative_allowance_not_a_per_raise_threshold(
 def test_auto_approve_below_must_be_a_finite_non_negative_number(bad):
     with pytest.raises(ValueError, match="auto_approve_below_usd must be a finite, non-negative number"):
         wflo_otel.workflow("agent", on_exceed="approve", auto_approve_below_usd=bad)
+
+
+BLANK_NAMES = ["   ", "\u200b\u200b", "\u200b \ufeff\u2060", "\t\n"]
+
+
+def _pending_request(controls, timeout_s=600):
+    with wflo_otel.workflow("refunds") as wf:
+        ref = wf._ref()
+    return controls.run(lambda s: s.create_approval(ref, "send-refund", message="Refund $420", timeout_s=timeout_s))
+
+
+def test_the_cli_and_the_http_routes_refuse_the_same_blank_names_and_reasons_and_change_nothing(controls, capsys):
+    from wflo_otel.cli import main
+    from wflo_otel.controls.store import close_stores
+    from wflo_otel.ingest import IngestService
+
+    from test_approvals import _http
+
+    request = _pending_request(controls)
+    close_stores()
+    url = ["--database-url", controls.url]
+    for name in BLANK_NAMES:
+        assert main([*url, "approvals", "approve", request.id, "--by", name]) == 1
+        assert "non-blank name" in capsys.readouterr().err
+    for reason in BLANK_NAMES:
+        assert main([*url, "approvals", "reject", request.id, "--by", "bob", "--reason", reason]) == 1
+        assert "non-blank reason" in capsys.readouterr().err
+    with IngestService(controls.url, port=0, token="s3cret") as service:
+        path = f"/v1/approvals/{request.id}"
+        for name in BLANK_NAMES:
+            status, body = _http(service, "POST", path + "/approve", {"by": name})
+            assert status == 400 and "non-blank name" in body["error"]
+        for reason in BLANK_NAMES:
+            status, body = _http(service, "POST", path + "/reject", {"by": "bob", "reason": reason})
+            assert status == 400 and "non-blank reason" in body["error"]
+        assert controls.rows("SELECT status FROM approval_requests") == [("PENDING",)]
+        status, body = _http(service, "POST", path + "/approve", {"by": "\u200b alice \ufeff"})
+        assert status == 200 and body["decided_by"] == "alice"
+
+
+def test_a_deeply_nested_decision_body_is_a_400_not_a_500(controls):
+    from wflo_otel.ingest import IngestService
+
+    from test_approvals import _http
+
+    request = _pending_request(controls)
+    deep = '{"by": ' + "[" * 25000 + "]" * 25000 + "}"
+    with IngestService(controls.url, port=0, token="s3cret") as service:
+        import urllib.error
+        import urllib.request
+
+        call = urllib.request.Request(service.url + f"/v1/approvals/{request.id}/approve", method="POST", data=deep.encode())
+        call.add_header("Authorization", "Bearer s3cret")
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(call, timeout=10)
+        assert caught.value.code == 400 and "not JSON" in json.loads(caught.value.read())["error"]
+        assert _http(service, "GET", f"/v1/approvals/{request.id}")[1]["status"] == "PENDING"
+
+
+def test_approvals_list_with_a_limit_below_one_is_a_usage_error(controls, capsys):
+    from wflo_otel.cli import main
+
+    for limit in ("-1", "0"):
+        with pytest.raises(SystemExit) as caught:
+            main(["--database-url", controls.url, "approvals", "list", "--limit", limit])
+        assert caught.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_the_conflict_on_an_expired_request_does_not_name_a_decider(controls):
+    import time
+
+    from wflo_otel import ApprovalConflict
+
+    request = _pending_request(controls, timeout_s=0.05)
+    time.sleep(0.1)
+    with pytest.raises(ApprovalConflict) as caught:
+        controls.run(lambda s: s.decide(request.id, approved=True, by="alice"))
+    assert caught.value.approval.status == "EXPIRED"
+    assert "by None" not in str(caught.value) and str(caught.value).startswith(f"approval {request.id} is already EXPIRED (at ")

@@ -42,8 +42,13 @@ class ApprovalConflict(Exception):
         self.approval = approval
         super().__init__(
             f"approval {approval.id} is already {approval.status}"
-            + (f" (by {approval.decided_by} at {approval.decided_at.isoformat()})" if approval.decided_at else "")
+            + (f" ({_by(approval)}at {approval.decided_at.isoformat()})" if approval.decided_at else "")
         )
+
+
+def _by(approval: "Approval") -> str:
+    """``by NAME `` for a decision; nothing for an expiry, which nobody decided."""
+    return f"by {approval.decided_by} " if approval.decided_by else ""
 
 
 class ApprovalNotFound(LookupError):

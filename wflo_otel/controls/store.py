@@ -42,6 +42,7 @@ from wflo_otel.exporters._loop import LoopThread
 from wflo_otel.exporters.schema import workflow_definitions, workflow_executions
 from wflo_otel.exporters.store import create_engine, normalize_url
 
+from .decisions import decider
 from .errors import ApprovalConflict, ApprovalNotFound
 from .records import STATUS_APPROVED, STATUS_EXPIRED, STATUS_PENDING, STATUS_REJECTED, Approval, ExecutionInfo, Snapshot, utc
 from .schema import (
@@ -343,11 +344,11 @@ class ControlStore:
     async def decide(self, approval_id: str, *, approved: bool, by: str, reason: str | None = None) -> Approval:
         """Decide a PENDING, unexpired request; the one conditional UPDATE makes concurrent deciders safe.
 
+        ``ValueError`` for a blank ``by`` (``decisions.decider``);
         ``ApprovalNotFound`` for an unknown id; ``ApprovalConflict`` carrying the first
         decision when it is decided already (or expired: then it is marked EXPIRED).
         """
-        if not by or not isinstance(by, str):
-            raise ValueError("a decision needs who made it (by=...)")
+        by = decider(by)  # the CLI and HTTP also require a rejection's reason (check_decision)
         status = STATUS_APPROVED if approved else STATUS_REJECTED
         decided = await self._transition(approval_id, status, by=by, reason=reason, unexpired=True)
         if decided is not None:
