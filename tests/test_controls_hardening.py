@@ -215,3 +215,92 @@ def test_the_conflict_on_an_expired_request_does_not_name_a_decider(controls):
         controls.run(lambda s: s.decide(request.id, approved=True, by="alice"))
     assert caught.value.approval.status == "EXPIRED"
     assert "by None" not in str(caught.value) and str(caught.value).startswith(f"approval {request.id} is already EXPIRED (at ")
+
+
+def _crashed_run(controls, client, name="research", budget_usd=0.5):
+    with pytest.raises(RuntimeError):
+        with wflo_otel.workflow(name, budget_usd=budget_usd) as first:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=20)
+            first.checkpoint("half", {"done": 1})
+            raise RuntimeError("crash")
+    return first
+
+
+def test_two_resumes_that_read_the_same_state_cannot_both_start(controls, client, monkeypatch):
+    """Both resumes read the stored spend before either claims: one runs, the other is ExecutionBusy."""
+    import asyncio
+    import threading
+
+    from wflo_otel import ExecutionBusy
+    from wflo_otel.controls.store import ControlStore
+
+    first = _crashed_run(controls, client)
+    original = ControlStore.latest_snapshot
+    arrived: list[asyncio.Event] = []
+
+    async def both_read_before_either_claims(self, execution_id, name=None):
+        found = await original(self, execution_id, name)
+        if name is None:  # the resume's read of the stored state
+            event = asyncio.Event()
+            arrived.append(event)
+            if len(arrived) == 2:
+                for e in arrived:
+                    e.set()
+            await asyncio.wait_for(event.wait(), 5)
+        return found
+
+    monkeypatch.setattr(ControlStore, "latest_snapshot", both_read_before_either_claims)
+    outcomes: list[object] = []
+
+    def resume():
+        try:
+            with wflo_otel.workflow("research", resume=first.execution_id) as wf:
+                outcomes.append(wf.spent_usd)
+        except ExecutionBusy as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=resume) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    (busy,) = [o for o in outcomes if isinstance(o, ExecutionBusy)]
+    assert len(outcomes) == 2 and f"execution {first.execution_id} is being resumed by another process" in str(busy)
+    assert controls.rows("SELECT generation FROM execution_resumes WHERE execution_id = :e", e=first.execution_id) == [(1,)]
+    assert len(controls.spans("invoke_workflow")) == 2  # the crashed run and the one resume that started
+
+    monkeypatch.setattr(ControlStore, "latest_snapshot", original)
+    with wflo_otel.workflow("research", resume=first.execution_id):  # later, a resume of the new state: the next generation
+        pass
+    rows = controls.rows("SELECT generation, trace_id FROM execution_resumes WHERE execution_id = :e ORDER BY generation", e=first.execution_id)
+    assert [g for g, _ in rows] == [1, 2] and all(t for _, t in rows)
+
+
+def test_the_migration_numbers_the_resumes_already_stored_and_round_trips(database_url):
+    import asyncio
+    from datetime import datetime, timezone
+
+    import sqlalchemy as sa
+    from alembic.script import ScriptDirectory
+
+    from wflo_otel import migrations
+
+    script = ScriptDirectory.from_config(migrations.alembic_config())
+    before = script.get_revision("0007_resume_generation").down_revision
+    migrations.upgrade(database_url, before)
+
+    def seed(conn):
+        day = lambda n: datetime(2026, 1, n, tzinfo=timezone.utc)  # noqa: E731
+        conn.execute(sa.text("INSERT INTO workflow_definitions (id, name, created_at, updated_at) VALUES ('w', 'w', :t, :t)"), {"t": day(1)})
+        conn.execute(sa.text("INSERT INTO workflow_executions (id, workflow_id, status, started_at) VALUES ('e', 'w', 'FAILED', :t)"), {"t": day(1)})
+        for row_id, n in (("b", 2), ("a", 3)):  # made in the order b, a
+            conn.execute(sa.text("INSERT INTO execution_resumes (id, execution_id, spent_usd, created_at) VALUES (:i, 'e', 0, :t)"), {"i": row_id, "t": day(n)})
+
+    def generations(conn):
+        return conn.execute(sa.text("SELECT id, generation FROM execution_resumes ORDER BY id")).all()
+
+    asyncio.run(migrations.run_async(database_url, seed))
+    migrations.upgrade(database_url)
+    assert [tuple(r) for r in asyncio.run(migrations.run_async(database_url, generations))] == [("a", 2), ("b", 1)]
+    migrations.downgrade(database_url, before)
+    migrations.upgrade(database_url)

@@ -67,6 +67,18 @@ class ExecutionNotFound(LookupError):
         super().__init__(f"no workflow execution with id {execution_id!r} in the database; nothing to resume")
 
 
+class ExecutionBusy(RuntimeError):
+    """Another resume of the same execution started from the same stored state first."""
+
+    def __init__(self, execution_id: str, generation: int) -> None:
+        self.execution_id = execution_id
+        self.generation = generation
+        super().__init__(
+            f"execution {execution_id} is being resumed by another process (resume #{generation} is taken); "
+            "two resumes of one stored state would each spend its remaining budget"
+        )
+
+
 class CheckpointNotFound(LookupError):
     """``restore(name)`` or ``rollback(to=name)`` names a checkpoint this execution never took."""
 

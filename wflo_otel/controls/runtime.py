@@ -142,6 +142,7 @@ class WorkflowControls:
         self._resumed: ExecutionInfo | None = None
         self._restored: Snapshot | None = None
         self._baseline_usd = 0.0
+        self._resume_row: str | None = None
         self._compensations: list[Compensation] = []
         self._last_version = 0
         self._current_token: contextvars.Token | None = None
@@ -293,17 +294,24 @@ class WorkflowControls:
             return []
         store = self.store
         execution_id = self.resume_id
+        generation = store.run(lambda: store.resume_generation(execution_id))  # first: see claim_resume
         info = store.run(lambda: store.execution(execution_id))
         if info is None:
             raise ExecutionNotFound(execution_id)
         _check_resumable(info, self.name)
-        self._resumed = info
-        self._restored = store.run(lambda: store.latest_snapshot(execution_id))
-        spent_then = self._restored.spent_usd if self._restored is not None else 0.0
-        self._baseline_usd = max(spent_then, info.cost_total_usd)
-        self._last_version = self._restored.version if self._restored is not None else 0
+        restored = store.run(lambda: store.latest_snapshot(execution_id))
+        spent_then = restored.spent_usd if restored is not None else 0.0
+        baseline = max(spent_then, info.cost_total_usd)
         if self.budget_usd is None:
             self.budget_usd = info.budget_usd
+        previous = restored.trace_id if restored is not None else info.trace_id
+        ref = self._ref()
+        snapshot_id = restored.id if restored is not None else None
+        # The claim: of two resumes that read this state, one inserts; the other is ExecutionBusy here,
+        # before its span starts or its body runs.
+        self._resume_row = store.run(lambda: store.claim_resume(ref, generation, snapshot_id, previous, baseline))
+        self._resumed, self._restored, self._baseline_usd = info, restored, baseline
+        self._last_version = restored.version if restored is not None else 0
         linked = self._restored if self._restored is not None and self._restored.step_id else None
         if linked is None or not linked.trace_id:
             return []
@@ -329,10 +337,9 @@ class WorkflowControls:
             span.set_attribute(ATTR_RESUMED_TRACE, previous)
         if self._restored is not None:
             span.set_attribute(ATTR_RESUMED_FROM, self._restored.id)
-        ref = self._ref()
-        store = self.store
-        snapshot_id = self._restored.id if self._restored is not None else None
-        store.run(lambda: store.record_resume(ref, snapshot_id, previous, self._baseline_usd))
+        store, resume_row = self.store, self._resume_row
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        store.run(lambda: store.resume_started(resume_row, trace_id))
 
     def _controls_finished(self, exc: BaseException | None) -> None:
         """The body ended: roll back if ``rollback_on`` says so (the exception then propagates)."""
