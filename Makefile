@@ -27,7 +27,8 @@ $(BIN2)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/wflo-otel demo
 
-# Both legs run the whole suite: Python 3.10 + openai 2.x (+ genai-prices 0.1.x), then the main venv.
+# Both legs: Python 3.10 + openai 2.x (+ genai-prices 0.1.x), which skips the openai-independent
+# modules and tests (tests/conftest.py, ONE_LEG_MODULES and `one_leg`), then the whole suite in the main venv.
 test: $(BIN)/.installed $(BIN2)/.installed
 	WFLO_TEST_LEG=openai2 $(BIN2)/python -m pytest -q -p no:cacheprovider
 	$(BIN)/python -m pytest -q

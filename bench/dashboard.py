@@ -11,6 +11,9 @@ Run: python bench/dashboard.py [--rows 10000000] [--requests 30]
    execution failed and every 25th over budget (its last call refused). Execution totals
    are computed from the same formulas, and the rollups are filled by the migration's
    own backfill SQL (``wflo_otel.exporters.rollups.backfill_sql``), then ``ANALYZE``.
+   For the Limits and Approvals pages: a daily limit per tenant and an hourly total limit
+   over the 30 days (500 x 31 + 721 periods, 501 of them current, a fired alert on every
+   10th tenant's), and 10,000 decided approval requests with 20 pending.
 2. Endpoints. ``wflo-otel ui``'s server (``UIServer``) on that database; each endpoint
    is requested ``--requests`` times after 3 warm-up requests, over HTTP from this process:
    p50 / p95 / max in ms, the whole request (SQL, rendering, HTTP). Target: p95 < 100 ms.
@@ -84,6 +87,38 @@ CROSS JOIN LATERAL (SELECT k = 7 AND i % 25 = 24 AS refused) AS r
 """
 
 
+# $1 the first period start (30 days ago): a daily limit per tenant and an hourly total limit, every period
+# up to the current one (whose end is in the future); every 10th tenant's current period fired its 80 % alert.
+LIMITS_SQL = """
+INSERT INTO spend_limit_periods (limit_name, limit_key, period_start, period_end, per, limit_usd, spent_usd, leased_usd)
+SELECT 'tenant-daily', 'tenant-' || t, date_trunc('day', $1::timestamptz) + d * interval '1 day',
+       date_trunc('day', $1::timestamptz) + (d + 1) * interval '1 day', 'day', 5.0, (t % 97) / 16.0, (t % 5) / 100.0
+FROM generate_series(0, 499) AS t CROSS JOIN generate_series(0, 30) AS d
+UNION ALL
+SELECT 'total-hourly', '*', date_trunc('hour', $1::timestamptz) + h * interval '1 hour',
+       date_trunc('hour', $1::timestamptz) + (h + 1) * interval '1 hour', 'hour', 50.0, (h % 60)::float, 0.5
+FROM generate_series(0, 720) AS h;
+"""
+LIMIT_ALERTS_SQL = """
+INSERT INTO spend_limit_alerts (limit_name, limit_key, period_start, threshold, spent_usd, fired_at)
+SELECT limit_name, limit_key, period_start, 0.8, spent_usd, now() FROM spend_limit_periods
+WHERE period_end > now() AND limit_name = 'tenant-daily' AND right(limit_key, 1) = '0'
+"""
+# $1 executions, $2 the first start: 10,000 decided requests spread over the executions, 20 pending.
+APPROVALS_SQL = """
+INSERT INTO approval_requests (id, execution_id, name, kind, message, status, decided_by, decided_at, reason, timeout_s,
+                               expires_at, created_at)
+SELECT lpad(to_hex(a), 32, '0'), lpad(to_hex(a * ($1 / 10020)), 32, '0'), 'send-refund', 'gate', 'Refund $' || a,
+       CASE WHEN a >= 10000 THEN 'PENDING' WHEN a % 3 = 0 THEN 'REJECTED' ELSE 'APPROVED' END,
+       CASE WHEN a < 10000 THEN 'approver-' || (a % 7) END,
+       CASE WHEN a < 10000 THEN $2::timestamptz + a * interval '4 minutes' + interval '1 minute' END,
+       CASE WHEN a < 10000 AND a % 3 = 0 THEN 'too high' END, 86400,
+       CASE WHEN a < 10000 THEN $2::timestamptz + a * interval '4 minutes' ELSE now() END + interval '1 day',
+       CASE WHEN a < 10000 THEN $2::timestamptz + a * interval '4 minutes' ELSE now() END
+FROM generate_series(0, 10019) AS a
+"""
+
+
 def _dsn(admin: str, name: str) -> str:
     return admin.rsplit("/", 1)[0] + "/" + name
 
@@ -136,6 +171,11 @@ async def fill(dsn: str, rows: int) -> dict[str, float]:
             await conn.execute(backfill_sql(rollup, "postgresql"))
         timings["rollups"] = time.perf_counter() - started
         started = time.perf_counter()
+        await conn.execute(LIMITS_SQL, first)
+        await conn.execute(LIMIT_ALERTS_SQL)
+        await conn.execute(APPROVALS_SQL, executions, first)
+        timings["limits+approvals"] = time.perf_counter() - started
+        started = time.perf_counter()
         await conn.execute("ANALYZE")
         timings["analyze"] = time.perf_counter() - started
         counts = {
@@ -163,6 +203,8 @@ def endpoints(executions: int) -> list[tuple[str, str]]:
         ("executions page 20 (API)", "/api/executions?window=30d&page=20"),
         ("one execution (page)", f"/executions/{execution_id}"),
         ("one execution (API)", f"/api/executions/{execution_id}"),
+        ("limits: 501 current periods (page)", "/limits"),
+        ("approvals: 20 pending, 50 decided of 10,000 (page)", "/approvals"),
     ]
 
 

@@ -127,3 +127,56 @@ class Response:
         import json
 
         return json.loads(self.text)
+
+
+def add_limit_periods(url: str) -> list[tuple[str, str, float]]:
+    """Current and past periods of two spend limits, as ``limits_store`` writes them: (limit, key, spent) of the current ones."""
+    import asyncio
+    from datetime import datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+
+    from wflo_otel.exporters.store import create_engine
+    from wflo_otel.limits_store import timestamp_param
+
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    sqlite = url.startswith("sqlite")
+    ts = lambda value: timestamp_param(value, sqlite)  # noqa: E731
+    rows = [
+        ("daily-total", "*", now - timedelta(hours=1), now + timedelta(hours=23), "day", 5.0, 1.234567, 0.5),
+        ("per-tenant", "tenant-0", now, now + timedelta(hours=1), "hour", 0.01, 0.0125, 0.0),  # over its limit
+        ("per-tenant", "tenant-1", now, now + timedelta(hours=1), "hour", 0.01, 0.003, 0.002),
+        ("per-tenant", "tenant-1", now - timedelta(hours=1), now, "hour", 0.01, 0.009, 0.0),  # an ended period
+    ]
+
+    async def run():
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                for name, key, start, end, per, limit, spent, leased in rows:
+                    await conn.execute(
+                        sa.text(
+                            "INSERT INTO spend_limit_periods (limit_name, limit_key, period_start, period_end, per, limit_usd,"
+                            " spent_usd, leased_usd) VALUES (:n, :k, :s, :e, :p, :l, :sp, :le)"
+                        ),
+                        {"n": name, "k": key, "s": ts(start), "e": ts(end), "p": per, "l": limit, "sp": spent, "le": leased},
+                    )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    return [(n, k, sp) for n, k, s, e, p, lim, sp, le in rows[:3]]
+
+
+def add_pending_approval(url: str, name: str = "send-refund", message: str = "Refund $420") -> str:
+    """A PENDING request written by the controls' own store (its execution's placeholder row too)."""
+    import uuid
+
+    from wflo_otel.controls.store import ControlStore, ExecutionRef
+
+    store = ControlStore(url, migrate=False)
+    try:
+        ref = ExecutionRef(uuid.uuid4().hex, "refunds")
+        return store.run(lambda: store.create_approval(ref, name, message=message, timeout_s=600)).id
+    finally:
+        store.close()

@@ -3,7 +3,8 @@
 Against a real ``wflo-otel ui`` server with a token: sign-in is required and works through
 the form, every page loads with no console error (the browser's own log, CSP violations
 included), the totals shown equal the SQL, the filters change the list, and a span named
-``<script>...`` shows as text and runs nothing. Screenshots of each page go to
+``<script>...`` shows as text and runs nothing, the Limits page shows the spend the SQL has,
+and an Approve click releases a workflow waiting in ``require_approval``. Screenshots of each page go to
 ``artifacts/screenshots/`` (gitignored; CI keeps them as artifacts).
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IN_CI
-from dashboard_support import HOSTILE, dashboard_spans, write_spans
+from dashboard_support import HOSTILE, add_limit_periods, dashboard_spans, write_spans
 from test_store_support import query
 from wflo_otel.dashboard.server import UIServer
 
@@ -63,6 +64,7 @@ def browser():
 def site(tmp_path_factory):
     url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('browser')}/wflo.db"
     write_spans(url, dashboard_spans())
+    add_limit_periods(url)
     with UIServer(url, port=0, token=TOKEN) as server:
         yield server, url
 
@@ -96,6 +98,17 @@ def _visit(driver, url: str, shot: str) -> None:
     assert not errors, f"console errors on {url}: {errors}"
 
 
+def _submit(driver, button_id: str) -> None:
+    """Click a submit button and wait for the next page (a click does not always wait for it)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "main")
+    driver.find_element(By.ID, button_id).click()
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(old))
+
+
 def test_sign_in_is_required_and_the_form_signs_in(browser, site):
     from selenium.webdriver.common.by import By
 
@@ -122,6 +135,8 @@ def test_every_page_loads_without_console_errors(signed_in, site):
         ("/?window=30d&by=tenant", "overview-30d-by-tenant"),
         ("/executions?window=7d", "executions"),
         (f"/executions/{execution_id}", "execution"),
+        ("/limits", "limits"),
+        ("/approvals", "approvals-read-only"),
     ):
         _visit(signed_in, server.url + path, shot)
 
@@ -150,10 +165,10 @@ def test_the_filters_change_the_executions_listed(signed_in, site):
     rows = lambda: signed_in.find_elements(By.CSS_SELECTOR, "#executions tbody tr")  # noqa: E731
     assert len(rows()) == 30
     Select(signed_in.find_element(By.ID, "workflow")).select_by_value("triage")
-    signed_in.find_element(By.ID, "apply").click()
+    _submit(signed_in, "apply")
     assert len(rows()) == 10 and all("triage" in r.text for r in rows())
     Select(signed_in.find_element(By.ID, "status")).select_by_value("BUDGET_EXCEEDED")
-    signed_in.find_element(By.ID, "apply").click()
+    _submit(signed_in, "apply")
     (expected,) = query(url, "SELECT COUNT(*) FROM workflow_executions WHERE workflow_id = 'triage' AND status = 'BUDGET_EXCEEDED'")[0]
     assert len(rows()) == expected and 0 < expected < 10
     signed_in.save_screenshot(str(SCREENSHOTS / "executions-filtered.png"))
@@ -171,3 +186,101 @@ def test_a_span_named_script_renders_as_text_and_runs_nothing(signed_in, site):
     assert signed_in.find_elements(By.TAG_NAME, "script") == []
     with pytest.raises(NoAlertPresentException):
         signed_in.switch_to.alert.text
+
+
+def test_the_limits_page_shows_the_spent_amount_the_sql_has(signed_in, site):
+    from selenium.webdriver.common.by import By
+
+    server, url = site
+    _visit(signed_in, server.url + "/limits", "limits-spent")
+    expected = query(url, "SELECT spent_usd FROM spend_per_limit WHERE period_end > CURRENT_TIMESTAMP ORDER BY limit_name, limit_key")
+    shown = [signed_in.find_element(By.ID, f"limit-spent-{i}").text for i in range(len(expected))]
+    assert len(expected) == 3 and shown == [f"${spent:,.6f}" for (spent,) in expected]
+    assert len(signed_in.find_elements(By.CSS_SELECTOR, "#limits .meter.over")) == 1  # tenant-0 spent past its limit
+
+
+@pytest.fixture
+def waiting_workflow(tmp_path, monkeypatch):
+    """A workflow in another thread waiting in ``wf.require_approval`` on a PostgreSQL database
+    (released by the store's NOTIFY), and the dashboard on it with approvals allowed."""
+    import threading
+    import time
+
+    import wflo_otel
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from conftest import throwaway_database
+    from wflo_otel.controls.store import close_stores
+
+    with throwaway_database("postgresql", tmp_path) as url:
+        write_spans(url, dashboard_spans(3, hostile_every=0))
+        monkeypatch.setenv("WFLO_DATABASE_URL", url)
+        handle = wflo_otel.configure(tracer_provider=TracerProvider(), exporter=InMemorySpanExporter(), batch=False)
+        outcome: dict = {}
+
+        def wait() -> None:
+            try:
+                with wflo_otel.workflow("refunds") as wf:
+                    outcome["decision"] = wf.require_approval("send-refund", message="Refund $420 to ACME", timeout_s=60)
+            except Exception as exc:  # the test reports it
+                outcome["error"] = exc
+            outcome["returned_at"] = time.monotonic()
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        try:
+            with UIServer(url, port=0, token=TOKEN, allow_approvals=True) as server:
+                waiter.start()
+                yield server, url, waiter, outcome
+        finally:
+            waiter.join(timeout=70)
+            handle.shutdown()
+            close_stores()
+
+
+def test_an_approve_click_releases_a_waiting_workflow(browser, waiting_workflow):
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    server, url, waiter, outcome = waiting_workflow
+    deadline = time.monotonic() + 15
+    while not query(url, "SELECT id FROM approval_requests WHERE status = 'PENDING'"):
+        assert time.monotonic() < deadline, "the workflow never asked for approval"
+        time.sleep(0.05)
+    ((approval_id,),) = query(url, "SELECT id FROM approval_requests WHERE status = 'PENDING'")
+    _sign_in(browser, server.url)
+    _visit(browser, server.url + "/approvals", "approvals-pending")
+    assert "Refund $420 to ACME" in browser.find_element(By.ID, "pending").text
+    # A second reviewer has the same page open in another tab, and will reject after alice approved.
+    first_tab = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(server.url + "/approvals")
+    browser.find_element(By.ID, f"by-{approval_id}").send_keys("bob")
+    browser.find_element(By.ID, f"comment-{approval_id}").send_keys("too much")
+    second_tab = browser.current_window_handle
+    browser.switch_to.window(first_tab)
+    browser.find_element(By.ID, f"by-{approval_id}").send_keys("alice")
+    browser.find_element(By.ID, f"comment-{approval_id}").send_keys("known customer")
+    assert waiter.is_alive()  # still waiting before the click
+    clicked = time.monotonic()
+    _submit(browser, f"approve-{approval_id}")
+    waiter.join(timeout=5)
+    assert not waiter.is_alive() and "error" not in outcome, outcome
+    assert outcome["returned_at"] - clicked < 2.0
+    decision = outcome["decision"]
+    assert (decision.id, decision.status, decision.decided_by, decision.comment) == (approval_id, "APPROVED", "alice", "known customer")
+    assert browser.current_url.endswith(f"/approvals?decided={approval_id}")
+    assert "approved by alice" in browser.find_element(By.ID, "notice").text
+    assert "alice" in browser.find_element(By.ID, "decided").text
+    browser.save_screenshot(str(SCREENSHOTS / "approvals-decided.png"))
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+    browser.switch_to.window(second_tab)
+    _submit(browser, f"reject-{approval_id}")
+    conflict = browser.find_element(By.ID, "conflict").text
+    assert "Already decided: APPROVED by alice" in conflict and "known customer" in conflict
+    browser.save_screenshot(str(SCREENSHOTS / "approvals-conflict.png"))
+    browser.close()
+    browser.switch_to.window(first_tab)
+    assert query(url, "SELECT status, decided_by FROM approval_requests WHERE id = :i", i=approval_id) == [("APPROVED", "alice")]

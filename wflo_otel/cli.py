@@ -242,22 +242,29 @@ def print_report(url: str, out=None, *, execution_id: str | None = None, workflo
 
 def _cmd_report(args: argparse.Namespace) -> int:
     if args.html:
-        return _write_html_report(_existing_database_url(args), args)
+        return _write_html_report(args)
     print_report(_existing_database_url(args), execution_id=args.execution, workflow=args.workflow)
     return 0  # failures: main() prints one line, with a hint for the kind of error
 
 
-def _write_html_report(url: str, args: argparse.Namespace) -> int:
-    from .dashboard.queries import BadRequest
+def _write_html_report(args: argparse.Namespace) -> int:
+    """The HTML report; its window is checked before the database is opened (a bad one: exit 2)."""
+    from .dashboard.queries import BadRequest, window_from
     from .dashboard.report import html_report
 
-    params = {"window": args.window, "from": args.date_from, "to": args.date_to}
+    given = {"window": args.window, "from": args.date_from, "to": args.date_to}
+    params = {k: v for k, v in given.items() if v}
     try:
-        text = asyncio.run(html_report(url, {k: v for k, v in params.items() if v}))
+        window_from(params)
     except BadRequest as exc:
-        raise CommandError(f"report: {exc}") from None
-    with open(args.html, "w", encoding="utf-8") as out:
-        out.write(text)
+        print(f"wflo-otel report: {exc}", file=sys.stderr)
+        return 2
+    text = asyncio.run(html_report(_existing_database_url(args), params))
+    try:
+        with open(args.html, "w", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:  # the file, not the database
+        raise CommandError(f"report: cannot write {args.html}: {exc.strerror or exc}") from None
     print(f"wrote {args.html}")
     return 0
 
@@ -541,7 +548,7 @@ def register_serve(commands: Commands) -> None:
 def register_ui(commands: Commands) -> None:
     from .dashboard import server as ui  # aiohttp loads only when it runs
 
-    parser = commands.add("ui", help="the browser dashboard alone on a database, read-only (serve also has it at /)")
+    parser = commands.add("ui", help="the browser dashboard alone on a database, read-only unless --allow-approvals (serve also has it at /)")
     ui.add_arguments(parser)
     parser.set_defaults(func=lambda args: ui.run(args, _existing_database_url(args)))
 

@@ -351,19 +351,19 @@ class ControlStore:
 
     async def approval(self, approval_id: str) -> Approval | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(_approval_query().where(approval_requests.c.id == approval_id))).mappings().first()
-        return _approval(row) if row is not None else None
+            row = (await conn.execute(approval_query().where(approval_requests.c.id == approval_id))).mappings().first()
+        return approval_record(row) if row is not None else None
 
     async def approvals(self, status: str | None = None, *, execution_id: str | None = None, limit: int = 100) -> list[Approval]:
         a = approval_requests
-        query = _approval_query().order_by(a.c.created_at.desc()).limit(limit)
+        query = approval_query().order_by(a.c.created_at.desc()).limit(limit)
         if status is not None:
             query = query.where(a.c.status == status.upper())
         if execution_id is not None:
             query = query.where(a.c.execution_id == execution_id)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
-        return [_approval(row) for row in rows]
+        return [approval_record(row) for row in rows]
 
     async def decide(self, approval_id: str, *, approved: bool, by: str, reason: str | None = None) -> Approval:
         """Decide a PENDING, unexpired request; the one conditional UPDATE makes concurrent deciders safe.
@@ -469,12 +469,13 @@ def _safe(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
-def _approval_query() -> sa.Select:
+def approval_query() -> sa.Select:
+    """Approval requests with their workflow's name (also read by the dashboard)."""
     a, e = approval_requests, workflow_executions
     return sa.select(a, e.c.workflow_id.label("workflow")).join(e, e.c.id == a.c.execution_id)
 
 
-def _approval(row) -> Approval:
+def approval_record(row) -> Approval:
     values = dict(row)
     for key in ("decided_at", "expires_at", "created_at"):
         values[key] = utc(values[key])

@@ -32,6 +32,7 @@ DIMENSIONS = ("model", "workflow", "tenant")
 TOP = 10
 SERIES_KEYS = 8  # series beyond these are summed as OTHER
 PAGE_SIZE = 50
+MAX_PAGE = 1_000_000  # past it, 400: a bigger page is no real page, and its OFFSET could overflow
 SORTS = {
     "started": workflow_executions.c.started_at,
     "cost": workflow_executions.c.cost_total_usd,
@@ -90,6 +91,8 @@ def window_from(params: Mapping[str, str], *, today: date | None = None) -> Wind
         first, last = last, first
     if (last - first).days > 366:
         raise BadRequest("a custom window is at most 366 days")
+    if last >= date.max:  # the window ends the day after its last: past the calendar
+        raise BadRequest(f"a custom window must end before {date.max.isoformat()}")
     return Window("custom", _midnight(first), _midnight(last + timedelta(days=1)))
 
 
@@ -128,7 +131,8 @@ class Overview:
     top_workflows: list[dict[str, Any]]
     top_models: list[dict[str, Any]]
     top_tenants: list[dict[str, Any]]
-    limits: list[dict[str, Any]] = field(default_factory=list)
+    limits: list[dict[str, Any]] = field(default_factory=list)  # the most used current periods of the spend limits
+    limits_total: int = 0  # current periods in all (the Limits page lists them)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -167,7 +171,16 @@ async def overview(conn: AsyncConnection, window: Window, by: str = "model") -> 
         top_workflows=tops["workflow"],
         top_models=tops["model"],
         top_tenants=tops["tenant"],
+        **await _overview_limits(conn),
     )
+
+
+async def _overview_limits(conn: AsyncConnection) -> dict[str, Any]:
+    """The most used current periods of the spend limits, where spend limits exist."""
+    if "spend_limit_periods" not in await existing_tables(conn):
+        return {}
+    periods, total = await current_limit_periods(conn, most_used=True, limit=OVERVIEW_LIMITS)
+    return {"limits": periods, "limits_total": total}
 
 
 _MEASURES = ("cost_usd", "calls", "input_tokens", "output_tokens", "refusals", "errors")
@@ -241,7 +254,7 @@ async def _series(
         await conn.execute(
             sa.select(bucket_col, series_key, sa.func.sum(table.c.cost_usd))
             .where(bucket_col >= window.start, bucket_col < window.end)
-            .group_by(bucket_col, series_key)
+            .group_by(bucket_col, *([series_key] if keys else []))  # PostgreSQL refuses GROUP BY NULL
         )
     ).all()
     step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
@@ -290,6 +303,8 @@ def execution_filter(params: Mapping[str, str]) -> ExecutionFilter:
         page = max(1, int(params.get("page") or 1))
     except ValueError:
         raise BadRequest("page must be a number") from None
+    if page > MAX_PAGE:  # its OFFSET would overflow the database's integer (a 500)
+        raise BadRequest(f"page must be at most {MAX_PAGE}")
     return ExecutionFilter(
         window=window_from(params),
         workflow=params.get("workflow") or None,
@@ -362,6 +377,84 @@ async def execution(conn: AsyncConnection, execution_id: str) -> dict[str, Any] 
     return data
 
 
+# --------------------------------------------------------------------------- limits
+
+# What ``wflo-otel limits`` shows, from the same view (``spend_per_limit``, migration 0004).
+_LIMIT_COLUMNS = (
+    "limit_name", "limit_key", "per", "period_start", "period_end", "limit_usd", "spent_usd", "leased_usd",
+    "remaining_usd", "alerted_threshold",
+)
+
+
+LIMITS_SHOWN = 1000  # the Limits page (a row per limit and key: per-tenant limits make many)
+OVERVIEW_LIMITS = 8  # the Overview: the most used current periods
+
+
+async def current_limit_periods(
+    conn: AsyncConnection, now: datetime | None = None, *, most_used: bool = False, limit: int = LIMITS_SHOWN
+) -> tuple[list[dict[str, Any]], int]:
+    """Each spend limit's current period per key, and how many there are in all.
+
+    Spent, limit, leased, remaining, the highest alert threshold fired, resets at
+    (``period_end``): one read of ``spend_per_limit`` with ``period_end > now`` (indexed),
+    the rows ``wflo-otel limits`` shows. By limit and key; with ``most_used``, the largest
+    share of their limit spent first (the Overview's few). ``spent_usd`` is what the
+    processes reported; ``leased_usd`` is held by running processes and not spent yet.
+    """
+    from ..limits_store import timestamp_param
+
+    at = timestamp_param(now or datetime.now(timezone.utc), conn.dialect.name == "sqlite")
+    order = (
+        "CASE WHEN limit_usd > 0 THEN spent_usd / limit_usd END DESC NULLS LAST, limit_name, limit_key"
+        if most_used
+        else "limit_name, limit_key"
+    )
+    rows = (
+        await conn.execute(
+            sa.text(
+                f"SELECT {', '.join(_LIMIT_COLUMNS)}, COUNT(*) OVER () FROM spend_per_limit"
+                f" WHERE period_end > :now ORDER BY {order} LIMIT :limit"
+            ),
+            {"now": at, "limit": limit},
+        )
+    ).all()
+    periods = [{name: _utc(_parse_ts(name, value)) for name, value in zip(_LIMIT_COLUMNS, row)} for row in rows]
+    return periods, (rows[0][-1] if rows else 0)
+
+
+def _parse_ts(name: str, value: Any) -> Any:
+    """A view hands SQLite's timestamps back as text (no column type): read them as datetimes."""
+    if name in ("period_start", "period_end") and isinstance(value, str):
+        return datetime.fromisoformat(value)
+    return value
+
+
+# --------------------------------------------------------------------------- approvals
+
+DECIDED_SHOWN = 50
+
+
+async def approvals(conn: AsyncConnection, *, pending: bool, limit: int = 100) -> list[Any]:
+    """Pending requests (oldest first: the longest waiting on top) or decided ones (latest decision first).
+
+    The controls' own query and record (``controls.store.approval_query``): the page shows
+    what the CLI and ``/v1/approvals`` return.
+    """
+    from ..controls.records import STATUS_PENDING
+    from ..controls.schema import approval_requests as a
+    from ..controls.store import approval_query, approval_record
+
+    if pending:
+        where, order = a.c.status == STATUS_PENDING, (a.c.created_at, a.c.id)
+    else:
+        where, order = a.c.status != STATUS_PENDING, (a.c.decided_at.desc(), a.c.id)
+    # The page's ids first, then their workflows. Joined before the LIMIT, the page took 83 ms
+    # (p50) at 10,000 decided requests over 125,000 executions; this way 15 ms (bench/dashboard.py).
+    ids = sa.select(a.c.id).where(where).order_by(*order).limit(limit)
+    query = approval_query().where(a.c.id.in_(ids)).order_by(*order)
+    return [approval_record(row) for row in (await conn.execute(query)).mappings()]
+
+
 # --------------------------------------------------------------------------- hooks
 
 
@@ -389,9 +482,17 @@ async def optional_pages(conn: AsyncConnection) -> dict[str, list[str]]:
 async def table_rows(
     conn: AsyncConnection, table: str, *, where_execution: str | None = None, limit: int = 200
 ) -> tuple[list[str], list[tuple]]:
-    """Rows of a table the dashboard knows only by name (newest first when it has ``created_at``)."""
-    reflected = sa.Table(table, sa.MetaData())
-    await conn.run_sync(lambda sync: sa.inspect(sync).reflect_table(reflected, None))
+    """Rows of a table the dashboard knows only by name (newest first when it has ``created_at``).
+
+    The controls' tables are known by their definitions; any other is reflected (several
+    catalog queries: ~30 ms each on PostgreSQL, too slow for every execution page).
+    """
+    from ..controls import schema as controls_schema
+
+    reflected = controls_schema.metadata.tables.get(table)
+    if reflected is None:
+        reflected = sa.Table(table, sa.MetaData())
+        await conn.run_sync(lambda sync: sa.inspect(sync).reflect_table(reflected, None))
     query = sa.select(reflected).limit(limit)
     if where_execution is not None and "execution_id" in reflected.c:
         query = query.where(reflected.c.execution_id == where_execution)

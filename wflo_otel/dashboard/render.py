@@ -8,6 +8,7 @@ and the totals also carry that value exactly in ``data-value``.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from html import escape
 from typing import Any, Iterable, Mapping, Sequence
@@ -32,6 +33,7 @@ form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:end;margin:8px 0}fo
 .meter.over div{background:#e15759}.lane{position:relative;height:14px;background:#f3f4f6;min-width:300px}
 .lane div{position:absolute;top:2px;height:10px;border-radius:2px;min-width:2px}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(400px,1fr));gap:16px}.grid>div{min-width:0;overflow-x:auto}td{white-space:nowrap}
+form.decide{display:flex;flex-wrap:wrap;gap:4px;align-items:center;min-width:260px}form.decide input{width:9em}
 .error{color:#b91c1c}.muted{color:#777}.status-FAILED,.status-BUDGET_EXCEEDED,.status-ERROR{color:#b91c1c;font-weight:600}
 """
 
@@ -131,9 +133,121 @@ def overview_body(ov: Overview, params: Mapping[str, str], *, links: bool = True
             ("tenants", "tenant", ov.top_tenants),
         )
     )
+    limits = ""
+    if ov.limits:
+        more = f'<a href="/limits" id=all-limits>all {ov.limits_total:,} on the Limits page</a>' if links else f"{ov.limits_total:,} in all"
+        limits = (
+            f"<h2>Spend limits <span class=muted>the {len(ov.limits)} current periods nearest their limit ({more}); "
+            "the window's spend is above</span></h2>" + limits_table(ov.limits, compact=True)
+        )
     return (
         f"<h1>Overview <span class=muted>{e(ov.window.label)} (UTC)</span></h1>{form}"
-        f"<div class=cards>{cards}</div><h2>Cost by {e(ov.by)} per {e(ov.bucket)}</h2>{chart}<div class=grid>{tops}</div>"
+        f"<div class=cards>{cards}</div>{limits}<h2>Cost by {e(ov.by)} per {e(ov.bucket)}</h2>{chart}<div class=grid>{tops}</div>"
+    )
+
+
+def limits_table(periods: Sequence[Mapping[str, Any]], *, compact: bool = False) -> str:
+    """Each limit's current period per key: spent against the limit as a bar, leased, remaining, resets at."""
+    rows = []
+    for i, p in enumerate(periods):
+        spent = f'<span id="limit-spent-{i}" data-value="{attr(p["spent_usd"])}">{e(usd(p["spent_usd"]))}</span>'
+        row = [e(p["limit_name"]), e(p["limit_key"]), e(p["per"]), spent, e(usd(p["limit_usd"])), charts.meter(p["spent_usd"], p["limit_usd"])]
+        if not compact:
+            row += [e(usd(p["leased_usd"])), e(usd(p["remaining_usd"])), e(_threshold(p["alerted_threshold"]))]
+        row.append(e(when(p["period_end"])))
+        rows.append(row)
+    columns = ["limit", "key", "per", "spent", "limit", ""]
+    if not compact:
+        columns += ["leased", "remaining", "alerted at"]
+    columns.append("resets at (UTC)")
+    numeric = (3, 4) if compact else (3, 4, 6, 7, 8)
+    return table(columns, rows, numeric=numeric, id="limits") if rows else "<p class=muted id=limits>no limit has a current period</p>"
+
+
+def _threshold(value: float | None) -> str:
+    return "" if value is None else f"{value:.0%}"
+
+
+def limits_body(periods: Sequence[Mapping[str, Any]], total: int) -> str:
+    shown = f"{total:,} current periods" + (f", the first {len(periods):,} by limit and key" if total > len(periods) else "")
+    return (
+        f"<h1>Spend limits <span class=muted>{e(shown)}</span></h1>"
+        "<p class=muted>Spent is what the processes reported; leased is held by running processes and not spent yet; "
+        "remaining is the limit less spent. What <code>wflo-otel limits</code> shows, from the view <code>spend_per_limit</code>.</p>"
+        + limits_table(periods)
+    )
+
+
+def approvals_body(
+    pending: Sequence[Any],
+    decided: Sequence[Any],
+    *,
+    csrf: str,
+    can_decide: bool,
+    approver: str | None = None,
+    notice: str = "",
+    conflict: Any = None,
+) -> str:
+    """Pending requests (with approve / reject forms when deciding is enabled) and the decided ones."""
+    head = "<h1>Approvals</h1>"
+    if notice:
+        head += f"<p id=notice>{e(notice)}</p>"
+    if conflict is not None:
+        head += (
+            f'<p class=error id=conflict>Already decided: {e(conflict.status)} by {e(conflict.decided_by or "(nobody: it expired)")}'
+            f' at {e(when(conflict.decided_at))} UTC{" — " + e(conflict.reason) if conflict.reason else ""}. Your decision was not recorded.</p>'
+        )
+    if not can_decide:
+        head += (
+            "<p class=muted id=read-only>Read-only: start <code>wflo-otel ui --allow-approvals</code> (or use "
+            "<code>wflo-otel serve</code>, <code>wflo-otel approvals approve</code>) to decide here.</p>"
+        )
+    rows = []
+    for a in pending:
+        row = [e(a.name), _execution_link(a), e(a.message), e(_context(a.context)), e(usd(a.requested_usd)),
+               e(when(a.created_at)), e(when(a.expires_at))]
+        if can_decide:
+            row.append(_decision_form(a, csrf, approver))
+        rows.append(row)
+    columns = ["request", "execution", "message", "context", "requested", "since (UTC)", "expires (UTC)"] + (["decision"] if can_decide else [])
+    pending_html = table(columns, rows, numeric=(4,), id="pending") if rows else "<p class=muted id=pending>nothing is waiting</p>"
+    decided_rows = [
+        (e(a.name), _execution_link(a), f'<span class="status-{attr(a.status)}">{e(a.status)}</span>', e(a.decided_by),
+         e(when(a.decided_at)), e(a.reason), e(a.message))
+        for a in decided
+    ]
+    decided_html = (
+        table(("request", "execution", "decision", "by", "at (UTC)", "comment / reason", "message"), decided_rows, id="decided")
+        if decided_rows
+        else "<p class=muted id=decided>none yet</p>"
+    )
+    return f"{head}<h2>Pending</h2>{pending_html}<h2>Decided</h2>{decided_html}"
+
+
+def _execution_link(a: Any) -> str:
+    return f'<a href="{href("/executions/" + a.execution_id)}">{e(a.workflow or a.execution_id[:16])}</a>'
+
+
+def _context(value: Any) -> str:
+    if value is None:
+        return ""
+    text = json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _decision_form(a: Any, csrf: str, approver: str | None) -> str:
+    """One form, two submit buttons (``decision=approve|reject``); the CSRF token rides along."""
+    who = (
+        f'<input type=hidden name=by value="{attr(approver)}"><span class=muted>as {e(approver)}</span>'
+        if approver
+        else f'<input name=by id="by-{attr(a.id)}" placeholder="your name" required maxlength=200>'
+    )
+    return (
+        f'<form method=post action="{href("/approvals/" + a.id + "/decide")}" class=decide>'
+        f'<input type=hidden name=csrf value="{attr(csrf)}">{who}'
+        f'<input name=comment id="comment-{attr(a.id)}" placeholder="comment / reason" maxlength=2000>'
+        f'<button name=decision value=approve id="approve-{attr(a.id)}">approve</button>'
+        f'<button name=decision value=reject id="reject-{attr(a.id)}">reject</button></form>'
     )
 
 
@@ -259,13 +373,6 @@ def execution_body(ex: dict[str, Any]) -> str:
 
 def _generic_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return table(columns, ([e(v) for v in row] for row in rows)) if columns else "<p class=muted>none</p>"
-
-
-def generic_body(title: str, sections: Sequence[tuple[str, Sequence[str], Sequence[Sequence[Any]]]], note: str = "") -> str:
-    """A page of tables the dashboard knows only by name (spend limits, approvals)."""
-    return f"<h1>{e(title)}</h1>" + (f"<p class=muted>{e(note)}</p>" if note else "") + "".join(
-        f"<h2>{e(name)}</h2>{_generic_table(columns, rows)}" for name, columns, rows in sections
-    )
 
 
 def signin_body(csrf: str, error: str = "", next_path: str = "/") -> str:

@@ -6,10 +6,15 @@ Security. With a token (the ingest service's, ``WFLO_INGEST_TOKEN``) every page 
 call needs it: an ``Authorization: Bearer`` header, or the session cookie a browser gets
 by signing in once (``HttpOnly``, ``SameSite=Strict``; its value is an HMAC of the token,
 so changing the token signs everyone out and the cookie never holds the token). Every
-form that changes state (sign in, sign out) carries a CSRF token that must equal the
+form that changes state (sign in, sign out, approve / reject) carries a CSRF token that must equal the
 ``wflo_csrf`` cookie (double submit). Without a token the dashboard is open, which is why
 both commands bind to loopback by default. Pages send a Content-Security-Policy that
 allows no script at all: the dashboard has none, so an escaping slip could not run one.
+
+Deciding an approval is the only write, and only when the dashboard is given the controls'
+store (``decider``: ``serve`` always, ``ui --allow-approvals``): it goes through
+``ControlStore.decide``, the conditional update the CLI and ``/v1/approvals`` use, so a
+second decision finds the first one (shown as a conflict) and never overwrites it.
 """
 
 from __future__ import annotations
@@ -18,18 +23,24 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
+import unicodedata
 from datetime import date, datetime
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..ingest.limits import bounded_app
+from ..ingest.options import IngestLimits
 from . import queries, render
 
+_log = logging.getLogger("wflo_otel.dashboard")
 SESSION_COOKIE = "wflo_session"
 CSRF_COOKIE = "wflo_csrf"
+SIGNIN_MAX_BYTES = 4096  # a token, a CSRF token and a path: anything larger is not our form
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; "
@@ -55,9 +66,15 @@ class Dashboard:
     # The navigation names the optional pages whose tables exist; looked up at most this often.
     OPTIONAL_PAGES_TTL_S = 30.0
 
-    def __init__(self, engine: AsyncEngine, token: bytes | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, token: bytes | None = None, *, decider: Any = None, approver: str | None = None
+    ) -> None:
+        """``decider``: a ``ControlStore`` when approvals may be decided here; ``approver``: the name
+        every decision here is made as (else the person types theirs in the form)."""
         self.engine = engine
         self.token = token
+        self.decider = decider
+        self.approver = approver
         self._optional: tuple[float, dict[str, list[str]]] | None = None
 
     async def optional_pages(self) -> dict[str, list[str]]:
@@ -74,6 +91,7 @@ class Dashboard:
         app.router.add_get("/executions/{id}", guard(self.execution_page))
         app.router.add_get("/limits", guard(self.limits_page))
         app.router.add_get("/approvals", guard(self.approvals_page))
+        app.router.add_post("/approvals/{id}/decide", guard(self.decide))
         app.router.add_get("/api/overview", guard(self.overview_api, api=True))
         app.router.add_get("/api/executions", guard(self.executions_api, api=True))
         app.router.add_get("/api/executions/{id}", guard(self.execution_api, api=True))
@@ -131,18 +149,63 @@ class Dashboard:
         return await self._html(request, "executions", render.execution_body(ex))
 
     async def limits_page(self, request: web.Request) -> web.StreamResponse:
-        return await self._tables_page(request, "limits", "Spend limits")
-
-    async def approvals_page(self, request: web.Request) -> web.StreamResponse:
-        return await self._tables_page(request, "approvals", "Approvals")
-
-    async def _tables_page(self, request: web.Request, key: str, title: str) -> web.StreamResponse:
+        if "limits" not in await self.optional_pages():
+            raise web.HTTPNotFound(text="Spend limits: not set up in this database")
         async with self.engine.connect() as conn:
-            tables = (await queries.optional_pages(conn)).get(key)
-            if not tables:
-                raise web.HTTPNotFound(text=f"{title}: not set up in this database")
-            sections = [(t, *(await queries.table_rows(conn, t))) for t in tables]
-        return await self._html(request, key, render.generic_body(title, sections))
+            periods, total = await queries.current_limit_periods(conn)
+        return await self._html(request, "limits", render.limits_body(periods, total))
+
+    async def approvals_page(
+        self, request: web.Request, *, conflict: Any = None, notice: str = "", status: int = 200
+    ) -> web.StreamResponse:
+        if "approvals" not in await self.optional_pages():
+            raise web.HTTPNotFound(text="Approvals: not set up in this database")
+        async with self.engine.connect() as conn:
+            pending = await queries.approvals(conn, pending=True)
+            decided = await queries.approvals(conn, pending=False, limit=queries.DECIDED_SHOWN)
+        decided_id = request.query.get("decided")
+        if decided_id and not notice:
+            mine = next((a for a in decided if a.id == decided_id), None)
+            if mine is not None:
+                notice = f"{mine.status.lower()} by {mine.decided_by}: {mine.name}"
+        body = render.approvals_body(
+            pending, decided, csrf=_csrf(request), can_decide=self.decider is not None,
+            approver=self.approver, notice=notice, conflict=conflict,
+        )
+        return await self._html(request, "approvals", body, status=status)
+
+    async def decide(self, request: web.Request) -> web.StreamResponse:
+        """Approve or reject through the controls' store (its conditional update); 409 shows the first decision."""
+        from ..controls.decisions import check_decision
+        from ..controls.errors import ApprovalConflict, ApprovalNotFound
+
+        form = await request.post()
+        if not _csrf_ok(request, form):
+            return await self._html(request, "approvals", render.error_body("the form expired: reload the page and try again"), status=403)
+        if self.decider is None:
+            return await self._html(
+                request, "approvals", render.error_body("this dashboard is read-only: start it with --allow-approvals"), status=403
+            )
+        choice = form.get("decision")
+        by = (self.approver or str(form.get("by") or "")).strip()[:200]
+        reason = str(form.get("comment") or "").strip()[:2000] or None
+        if choice not in ("approve", "reject"):
+            return await self.approvals_page(request, notice="choose approve or reject", status=400)
+        try:  # the check of the CLI and the HTTP routes: a zero-width name is no name
+            by, reason = check_decision(by, reason, approved=choice == "approve")
+        except ValueError as exc:
+            return await self.approvals_page(request, notice=str(exc), status=400)
+        store, approval_id = self.decider, request.match_info["id"]
+        try:
+            await store.arun(lambda: store.decide(approval_id, approved=choice == "approve", by=by, reason=reason))
+        except ApprovalNotFound:
+            return await self.approvals_page(request, notice="no such approval request", status=404)
+        except ApprovalConflict as exc:
+            return await self.approvals_page(request, conflict=exc.approval, status=409)
+        except Exception as exc:  # the database did not answer: nothing was decided, say so
+            _log.warning("wflo-otel dashboard: deciding %s failed: %s", approval_id, exc)
+            return await self._html(request, "approvals", render.error_body("the database did not answer; try again"), status=503)
+        raise web.HTTPSeeOther("/approvals?" + _query({"decided": approval_id}))
 
     # -- JSON --------------------------------------------------------------------
 
@@ -174,6 +237,8 @@ class Dashboard:
         return await self._html(request, "signin", body, nav=False)
 
     async def signin(self, request: web.Request) -> web.StreamResponse:
+        if len(await request.read()) > SIGNIN_MAX_BYTES:  # read within the body timeout (bounded_app)
+            return await self._html(request, "signin", render.error_body("the form is too large"), status=413, nav=False)
         form = await request.post()
         if not _csrf_ok(request, form):
             return await self._html(request, "signin", render.error_body("the form expired: reload the page and try again"), status=403, nav=False)
@@ -234,9 +299,15 @@ def _csrf_ok(request: web.Request, form: Any) -> bool:
 
 
 def _safe_next(path: Any) -> str:
-    """Only a path on this site (``/...``, not ``//host``): a sign-in never redirects elsewhere."""
+    """Only a path on this site, else ``/``: a sign-in never redirects elsewhere.
+
+    A single leading ``/`` and no whitespace, control character or backslash anywhere:
+    ``//host``, ``/\\host`` and ``/<TAB>/host`` (URL parsers drop the tab, leaving
+    ``//host``) would all send the browser off-site.
+    """
     path = str(path or "/")
-    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
+    unsafe = any(c.isspace() or c == "\\" or unicodedata.category(c)[0] == "C" for c in path)
+    return path if path.startswith("/") and not path.startswith("//") and not unsafe else "/"
 
 
 def _query(params: dict[str, str]) -> str:
@@ -257,8 +328,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
-def dashboard_app(engine: AsyncEngine, token: bytes | None) -> web.Application:
-    """An application serving the dashboard alone (``wflo-otel ui``)."""
-    app = web.Application()
-    Dashboard(engine, token).add_routes(app)
+def dashboard_app(engine: AsyncEngine, token: bytes | None, *, decider: Any = None, approver: str | None = None) -> web.Application:
+    """An application serving the dashboard alone (``wflo-otel ui``); bodies bounded as on ``serve``."""
+    app = bounded_app(IngestLimits().body_timeout_s)
+    Dashboard(engine, token, decider=decider, approver=approver).add_routes(app)
     return app

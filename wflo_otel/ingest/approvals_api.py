@@ -23,10 +23,11 @@ from aiohttp import web
 from ..controls.decisions import check_decision
 from ..controls.errors import ApprovalConflict, ApprovalNotFound
 from ..controls.records import APPROVAL_STATUSES
+from .limits import SMALL_BODY_BYTES
 
 _log = logging.getLogger(__name__)
 MAX_LIMIT = 1000
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = SMALL_BODY_BYTES
 
 
 class ApprovalRoutes:
@@ -105,7 +106,7 @@ class ApprovalRoutes:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    raw = await request.read()  # read already, within the body timeout and bound (limits.bounded_app)
     if len(raw) > MAX_BODY_BYTES:
         raise _bad(413, "body too large")
     try:

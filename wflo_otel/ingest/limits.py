@@ -10,7 +10,9 @@ Three resources could be exhausted by a single hostile or broken local client:
   open connections, closes connections that stay idle, whose headers do not arrive
   within ``header_timeout_s`` of their first byte (slowloris), and — when the cap is
   reached — the oldest connection that is not inside a request, so a newcomer with a
-  real request gets in. Bodies are timed by the request handler (``body_timeout_s``).
+  real request gets in. Bodies are timed by the request handler (``body_timeout_s``):
+  ingest's own streamed reader, and ``bounded_bodies`` for every other route (the
+  dashboard's forms, approval decisions), before any of them looks at the request.
 * **the log**: asyncio logs ``socket.accept() out of system resource`` with a
   traceback for *each* failed accept (up to the backlog per loop turn) once file
   descriptors run out; ``ThrottledLoopErrors`` logs a repeated loop error once per
@@ -25,7 +27,9 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Collection
+
+from aiohttp import web
 
 from .options import IngestLimits
 
@@ -37,6 +41,8 @@ _REFUSAL = (
     b"Content-Type: text/plain\r\nContent-Length: 25\r\n\r\ntoo many open connections"
 )
 _TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+SMALL_BODY_BYTES = 64 * 1024  # the largest body of any route but ingest: a form, an approval decision
 
 
 class BudgetFull(Exception):
@@ -293,6 +299,53 @@ class ConnectionGuard:
         }
 
 
+def bounded_app(
+    body_timeout_s: float, *, own_bodies: Collection[str] = (), middlewares: tuple[Any, ...] = ()
+) -> web.Application:
+    """An application whose request bodies arrive within ``body_timeout_s`` and ``SMALL_BODY_BYTES``.
+
+    Every route but those in ``own_bodies`` (paths that stream and bound their body
+    themselves, as ``/v1/traces`` does) has its body read here, before its handler runs
+    — before any authentication — so an unauthenticated client trickling a body
+    (``POST /signin``) is answered 408 and closed at the timeout instead of holding its
+    connection, which counts against the connection cap, for ever. Handlers then get the
+    body from ``request.read()`` / ``request.post()`` (aiohttp keeps what was read); a
+    body over the bound is 413. Both answers close the connection.
+    """
+    skip = frozenset(own_bodies)
+
+    @web.middleware
+    async def bounded_bodies(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if request.path in skip or not request.body_exists:
+            return await handler(request)
+        length = request.content_length
+        try:
+            if length is not None and length > SMALL_BODY_BYTES:
+                raise web.HTTPRequestEntityTooLarge(SMALL_BODY_BYTES, length)
+            await asyncio.wait_for(request.read(), body_timeout_s)
+        except asyncio.TimeoutError:
+            return await _answer_and_close(request, 408, f"body not received within {body_timeout_s:g}s")
+        except web.HTTPRequestEntityTooLarge:
+            return await _answer_and_close(request, 413, f"request body over {SMALL_BODY_BYTES} bytes")
+        return await handler(request)
+
+    return web.Application(middlewares=[*middlewares, bounded_bodies], client_max_size=SMALL_BODY_BYTES)
+
+
+async def _answer_and_close(request: web.Request, status: int, message: str) -> web.Response:
+    """A JSON error answer (as the approval routes give), then the connection closed at once.
+
+    The rest of the body is never read, so the connection cannot carry another request;
+    left to aiohttp, it would linger reading what the client still trickles.
+    """
+    response = web.json_response({"error": message}, status=status)
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the transport sends what it holds, then closes
+    return response
+
+
 def connection_of(transport: Any) -> _Connection | None:
     """The guard's record of the connection a request came on (None outside the guard)."""
     protocol = transport.get_protocol() if transport is not None else None
@@ -367,7 +420,9 @@ __all__ = [
     "ByteBudget",
     "ConnectionGuard",
     "Reservation",
+    "SMALL_BODY_BYTES",
     "ThrottledLoopErrors",
+    "bounded_app",
     "connection_of",
     "fit_fd_limit",
 ]

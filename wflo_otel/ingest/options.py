@@ -157,7 +157,7 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     return ServeOptions(
         host=host,
         port=port,
-        token=_token(getattr(args, "token", None), env),
+        token=checked_token(getattr(args, "token", None), env),
         max_batch_spans=args.max_batch_spans,
         max_pending_spans=args.max_pending_spans,
         workers=workers,
@@ -165,7 +165,9 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     )
 
 
-def _token(given: str | None, env: dict[str, str]) -> str | None:
+def checked_token(given: str | None, env: dict[str, str]) -> str | None:
+    """The token ``--token`` (else ``$WFLO_INGEST_TOKEN``) gives, None when neither is set;
+    ``OptionError`` when it is set but empty or not one visible word (serve and ui alike)."""
     source, token = ("--token", given) if given is not None else (f"${ENV_TOKEN}", env.get(ENV_TOKEN))
     if token is None:
         return None
@@ -221,6 +223,7 @@ __all__ = [
     "OptionError",
     "ServeOptions",
     "add_arguments",
+    "checked_token",
     "resolve",
     "run",
 ]

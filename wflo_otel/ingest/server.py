@@ -60,6 +60,7 @@ from .limits import (
     ConnectionGuard,
     Reservation,
     ThrottledLoopErrors,
+    bounded_app,
     connection_of,
     fit_fd_limit,
 )
@@ -204,7 +205,8 @@ class IngestService(InThread):
         self.writer.start()
         _quiet_drivers()
 
-        app = web.Application(middlewares=[_track_requests])
+        # Every body but ingest's (streamed and bounded by _read_body) is read within the body timeout.
+        app = bounded_app(self.limits.body_timeout_s, own_bodies={"/v1/traces"}, middlewares=(_track_requests,))
         app.router.add_post("/v1/traces", self._traces)
         app.router.add_get("/health", self._health)
         self._approvals = ApprovalRoutes(self.database_url, self._token_ok)
@@ -212,7 +214,8 @@ class IngestService(InThread):
 
         from ..dashboard.web import Dashboard  # the browser dashboard at /, same token
 
-        Dashboard(self.store.engine, self.token).add_routes(app)
+        # serve decides approvals over /v1/approvals already: its dashboard may too (same store, same token)
+        Dashboard(self.store.engine, self.token, decider=self._approvals.store).add_routes(app)
         self._runner = web.AppRunner(
             app,
             access_log=None,
