@@ -304,3 +304,15 @@ def test_the_migration_numbers_the_resumes_already_stored_and_round_trips(databa
     assert [tuple(r) for r in asyncio.run(migrations.run_async(database_url, generations))] == [("a", 2), ("b", 1)]
     migrations.downgrade(database_url, before)
     migrations.upgrade(database_url)
+
+
+def test_a_nul_in_a_checkpoint_name_or_an_approval_message_is_a_type_error_on_both_engines(controls):
+    with wflo_otel.workflow("research") as wf:
+        with pytest.raises(TypeError, match="the checkpoint's name contains a NUL character"):
+            wf.checkpoint("half\x00", {"done": 1})
+        with pytest.raises(TypeError, match="the approval's message contains a NUL character"):
+            wf.require_approval("refund", message="Refund\x00 $420", timeout_s=1)
+        with pytest.raises(TypeError, match="the approval's name contains a lone surrogate"):
+            wf.require_approval("refund\udc80", timeout_s=1)
+    assert controls.rows("SELECT COUNT(*) FROM state_snapshots") == [(0,)]
+    assert controls.rows("SELECT COUNT(*) FROM approval_requests") == [(0,)]

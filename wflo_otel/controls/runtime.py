@@ -34,7 +34,7 @@ from .records import (
     ExecutionInfo,
     Snapshot,
 )
-from .state import json_state
+from .state import json_state, storable_text
 
 if TYPE_CHECKING:  # pragma: no cover  (the store loads SQLAlchemy: only when a control is used)
     from .store import ControlStore, ExecutionRef
@@ -180,6 +180,7 @@ class WorkflowControls:
         """
         if not name or not isinstance(name, str):
             raise ValueError("a checkpoint needs a non-empty name")
+        storable_text(name, "the checkpoint's name")
         plain = json_state(state)
         trace_id, step_id = _span_hex()
         ref = self._ref()
@@ -411,6 +412,11 @@ class _Gate:
         _check_timeout(timeout_s)
         self.wf = wf
         self.name = name
+        storable_text(name, "the approval's name")
+        if message is not None:
+            if not isinstance(message, str):
+                raise TypeError(f"an approval's message must be text, got {type(message).__name__}")
+            storable_text(message, "the approval's message")
         self.message = message
         self.context = json_state(context, "context") if context is not None else None
         self.timeout_s = float(timeout_s) if timeout_s is not None else None

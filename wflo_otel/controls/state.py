@@ -28,7 +28,7 @@ def json_state(value: Any, root: str = "state") -> Any:
 
 def _walk(value: Any, path: str, depth: int) -> Any:
     if isinstance(value, str):
-        return _text(value, path)
+        return storable_text(value, path)
     if isinstance(value, _SCALARS):
         return value
     if isinstance(value, int):
@@ -44,7 +44,7 @@ def _walk(value: Any, path: str, depth: int) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{path} has a key {key!r} of type {type(key).__name__}; JSON keys are strings")
-            _text(key, f"{path} key {key!r}")
+            storable_text(key, f"{path} key {key!r}")
             out[key] = _walk(item, f"{path}[{key!r}]", depth + 1)
         return out
     if isinstance(value, (list, tuple)):
@@ -52,7 +52,7 @@ def _walk(value: Any, path: str, depth: int) -> Any:
     raise TypeError(f"{path} is a {type(value).__qualname__}, which is not JSON-serialisable")
 
 
-def _text(value: str, path: str) -> str:
+def storable_text(value: str, path: str) -> str:
     """A string both engines store: PostgreSQL's JSON refuses NUL (``\\u0000``) and lone surrogates."""
     if "\x00" in value:
         raise TypeError(f"{path} contains a NUL character, which the database cannot store")
