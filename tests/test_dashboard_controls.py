@@ -94,6 +94,8 @@ def test_an_approval_needs_sign_in_and_the_csrf_token_and_a_second_decision_show
         assert f'id="approve-{approval_id}"' in page
         assert client.post(path, data={"csrf": "forged", "decision": "approve", "by": "eve"}).status_code == 403
         assert client.post(path, data={"csrf": _csrf(page), "decision": "reject", "by": "bob"}).status_code == 400  # no reason
+        invisible = client.post(path, data={"csrf": _csrf(page), "decision": "approve", "by": "\u200b\ufeff"})
+        assert invisible.status_code == 400 and "non-blank name" in invisible.text  # the CLI's and HTTP's check, not a 503
         assert _status(filled_url, approval_id) == ("PENDING", None, None)
 
         done = client.post(path, data={"csrf": _csrf(page), "decision": "approve", "by": "alice", "comment": "known customer"})

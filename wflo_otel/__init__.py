@@ -19,6 +19,7 @@ from .controls.errors import (
     ApprovalNotFound,
     ApprovalRejected,
     CheckpointNotFound,
+    ExecutionBusy,
     ExecutionNotFound,
 )
 from .controls.runtime import checkpoint
@@ -38,6 +39,7 @@ __all__ = [
     "Alerts",
     "BudgetExceededError",
     "CheckpointNotFound",
+    "ExecutionBusy",
     "ExecutionNotFound",
     "Handle",
     "SpendLimit",

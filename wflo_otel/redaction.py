@@ -39,6 +39,7 @@ _HEADER = re.compile(
     ( \b(?:proxy-)?authorization | \bx-api-key | \bapi[-_]key | \bx-goog-api-key | \bapi-token )
     ( ["']? \s* [:=] \s* ["']? )
     (?: (?:bearer|basic|token|apikey)\s+ )?
+    (?!\[REDACTED\])        # already redacted: redacting twice must not leave a stray "]"
     [^\s"',}\]]+
     """
 )

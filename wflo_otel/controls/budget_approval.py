@@ -1,9 +1,11 @@
 """``on_exceed="approve"``: a budget that would refuse a call asks to be raised instead.
 
 The ledger calls the scope's ``BudgetApprover`` (outside its lock) with what the call
-needs beyond the budget. Below the workflow's ``auto_approve_below_usd`` the raise is
-approved at once and recorded as decided by ``policy``; otherwise an approval request of
-kind ``budget`` (``requested_usd`` = the raise) waits for a person like any gate.
+needs beyond the budget. ``auto_approve_below_usd`` is a cumulative allowance of the
+scope: while the raises the policy approved, this one included, stay below it, the raise
+is approved at once and recorded as decided by ``policy`` (per raise, a loop of small
+overruns would be approved forever). Otherwise an approval request of kind ``budget``
+(``requested_usd`` = the raise) waits for a person like any gate.
 Approved: the ledger raises the scope's budget by that much and the call goes on, and
 the raise is on the scope's span (``wflo.budget.raised_usd``, an event per raise).
 Rejected, expired, or the database unreachable: the usual ``BudgetExceededError``.
@@ -35,10 +37,12 @@ class BudgetApprover:
     def __init__(self, workflow: "WorkflowControls") -> None:
         self.workflow = workflow
         self.raised_usd = 0.0
+        self.auto_raised_usd = 0.0  # what the policy approved so far: the allowance is cumulative
 
     def __call__(self, scope: Any, needed_usd: float) -> float:
         wf = self.workflow
         auto = wf.auto_approve_below_usd
+        automatic = auto is not None and self.auto_raised_usd + needed_usd < auto
         gate = wf._gate(
             f"budget {scope.name}",
             message=f"raise the budget of {scope.name!r} by ${needed_usd:.6f} (budget ${scope.budget_usd:.6f}, "
@@ -48,7 +52,7 @@ class BudgetApprover:
             policy=None,
             kind="budget",
             requested_usd=needed_usd,
-            policy_decision=True if auto is not None and needed_usd < auto else None,
+            policy_decision=True if automatic else None,
         )
         try:
             with gate.span() as block:
@@ -59,6 +63,8 @@ class BudgetApprover:
             _log.exception("wflo-otel: could not ask for a budget raise of workflow %r", scope.name)
             return 0.0
         self.raised_usd += needed_usd
+        if automatic:
+            self.auto_raised_usd += needed_usd
         span = scope.span
         if span is not None and span.is_recording():
             span.set_attribute(ATTR_RAISED_USD, self.raised_usd)

@@ -10,6 +10,7 @@ import argparse
 import json
 from typing import Any, Callable
 
+from .decisions import check_decision
 from .errors import ApprovalConflict, ApprovalNotFound
 from .records import APPROVAL_STATUSES, Approval
 
@@ -51,8 +52,9 @@ def _cmd_approvals(args: argparse.Namespace) -> int:
     approved = command == "approve"
     reason = args.comment if approved else args.reason
     try:
-        decided = _with_store(args, lambda s: s.decide(args.id, approved=approved, by=args.by, reason=reason))
-    except ApprovalNotFound as exc:
+        by, reason = check_decision(args.by, reason, approved=approved)  # before the database is opened
+        decided = _with_store(args, lambda s: s.decide(args.id, approved=approved, by=by, reason=reason))
+    except (ApprovalNotFound, ValueError) as exc:
         raise CommandError(str(exc)) from None
     except ApprovalConflict as exc:
         raise CommandError(f"{exc}; the first decision stands:\n{_show(exc.approval)}") from None
@@ -79,6 +81,17 @@ def _clip(text: str, width: int) -> str:
     return text if width <= 0 or len(text) <= width else text[: max(width - 1, 1)] + "…"
 
 
+def _positive_int(text: str) -> int:
+    """``--limit``: a negative LIMIT means "no limit" to SQLite and an error to PostgreSQL; neither is asked for."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def register_approvals(commands: Any) -> None:
     approvals = commands.add("approvals", help="list, show, approve or reject approval requests (human gates, budget raises)")
     approvals.set_defaults(func=_cmd_approvals)
@@ -86,7 +99,7 @@ def register_approvals(commands: Any) -> None:
     listing = sub.add("list", help="approval requests, newest first (default: pending ones)")
     listing.add_argument("--status", default="pending", choices=[s.lower() for s in APPROVAL_STATUSES] + ["all"])
     listing.add_argument("--execution", metavar="ID", help="only this execution's requests")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=_positive_int, default=100, help="at most this many (default 100)")
     show = sub.add("show", help="one request with its context and decision")
     show.add_argument("id")
     approve = sub.add("approve", help="approve a pending request (a decided one stays as it was decided)")

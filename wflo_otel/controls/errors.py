@@ -42,8 +42,13 @@ class ApprovalConflict(Exception):
         self.approval = approval
         super().__init__(
             f"approval {approval.id} is already {approval.status}"
-            + (f" (by {approval.decided_by} at {approval.decided_at.isoformat()})" if approval.decided_at else "")
+            + (f" ({_by(approval)}at {approval.decided_at.isoformat()})" if approval.decided_at else "")
         )
+
+
+def _by(approval: "Approval") -> str:
+    """``by NAME `` for a decision; nothing for an expiry, which nobody decided."""
+    return f"by {approval.decided_by} " if approval.decided_by else ""
 
 
 class ApprovalNotFound(LookupError):
@@ -60,6 +65,18 @@ class ExecutionNotFound(LookupError):
     def __init__(self, execution_id: str) -> None:
         self.execution_id = execution_id
         super().__init__(f"no workflow execution with id {execution_id!r} in the database; nothing to resume")
+
+
+class ExecutionBusy(RuntimeError):
+    """Another resume of the same execution started from the same stored state first."""
+
+    def __init__(self, execution_id: str, generation: int) -> None:
+        self.execution_id = execution_id
+        self.generation = generation
+        super().__init__(
+            f"execution {execution_id} is being resumed by another process (resume #{generation} is taken); "
+            "two resumes of one stored state would each spend its remaining budget"
+        )
 
 
 class CheckpointNotFound(LookupError):

@@ -13,12 +13,15 @@ import contextvars
 import functools
 import inspect
 import logging
+import math
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
+from ..attributes import STATUS_COMPLETED
 from ..errors import BudgetExceededError, error_type
+from ..redaction import redact_message
 from .errors import ApprovalExpired, ApprovalRejected, CheckpointNotFound, ExecutionNotFound
 from .records import (
     ROLLBACK_COMPLETED,
@@ -31,7 +34,7 @@ from .records import (
     ExecutionInfo,
     Snapshot,
 )
-from .state import json_state
+from .state import json_state, storable_text
 
 if TYPE_CHECKING:  # pragma: no cover  (the store loads SQLAlchemy: only when a control is used)
     from .store import ControlStore, ExecutionRef
@@ -43,6 +46,7 @@ ROLLBACK_ON_ERROR = "error"
 ROLLBACK_ON_BUDGET = "budget"
 _ROLLBACK_ON = (ROLLBACK_ON_ERROR, ROLLBACK_ON_BUDGET)
 DEFAULT_APPROVAL_TIMEOUT_S = 3600.0
+MAX_TIMEOUT_S = 10 * 366 * 86400.0  # ten years: far beyond any wait, far below datetime's range
 POLICY = "policy"
 
 # Span attributes and events of the controls.
@@ -124,9 +128,13 @@ class WorkflowControls:
     ) -> None:
         if resume is not None and (not isinstance(resume, str) or not resume):
             raise ValueError(f"resume must be an execution id, got {resume!r}")
-        if auto_approve_below_usd is not None and not auto_approve_below_usd >= 0:
-            raise ValueError(f"auto_approve_below_usd must be a non-negative number, got {auto_approve_below_usd!r}")
-        _check_timeout(approval_timeout_s)
+        if auto_approve_below_usd is not None and (
+            isinstance(auto_approve_below_usd, bool)
+            or not isinstance(auto_approve_below_usd, (int, float))
+            or not 0 <= auto_approve_below_usd < math.inf
+        ):
+            raise ValueError(f"auto_approve_below_usd must be a finite, non-negative number of USD, got {auto_approve_below_usd!r}")
+        _check_timeout(approval_timeout_s, "approval_timeout_s")
         self.resume_id = resume
         self.rollback_on = normalize_rollback_on(rollback_on)
         self.auto_approve_below_usd = auto_approve_below_usd
@@ -134,6 +142,7 @@ class WorkflowControls:
         self._resumed: ExecutionInfo | None = None
         self._restored: Snapshot | None = None
         self._baseline_usd = 0.0
+        self._resume_row: str | None = None
         self._compensations: list[Compensation] = []
         self._last_version = 0
         self._current_token: contextvars.Token | None = None
@@ -171,6 +180,7 @@ class WorkflowControls:
         """
         if not name or not isinstance(name, str):
             raise ValueError("a checkpoint needs a non-empty name")
+        storable_text(name, "the checkpoint's name")
         plain = json_state(state)
         trace_id, step_id = _span_hex()
         ref = self._ref()
@@ -227,7 +237,7 @@ class WorkflowControls:
                         _call_sync(compensation.fn, compensation.args, compensation.kwargs)
                     ran.append(compensation.describe())
                 except Exception as exc:  # recorded; the other compensations still run
-                    failed.append({**compensation.describe(), "error": f"{error_type(exc)}: {exc}"[:1000]})
+                    failed.append({**compensation.describe(), "error": redact_message(f"{error_type(exc)}: {exc}")})
             status = ROLLBACK_COMPLETED if not failed else (ROLLBACK_PARTIAL if ran else ROLLBACK_FAILED)
             block.span.set_attribute(ATTR_ROLLBACK_STATUS, status)
             ref = self._ref()
@@ -235,7 +245,7 @@ class WorkflowControls:
                 lambda: store.record_rollback(
                     ref,
                     snapshot_id=snapshot.id if snapshot else None,
-                    reason=reason,
+                    reason=redact_message(reason),  # an exception's text may carry a key, as in workflow_executions.error
                     initiated_by=initiated_by,
                     status=status,
                     details={"ran": ran, "failed": failed, "to_version": snapshot.version if snapshot else None},
@@ -285,16 +295,24 @@ class WorkflowControls:
             return []
         store = self.store
         execution_id = self.resume_id
+        generation = store.run(lambda: store.resume_generation(execution_id))  # first: see claim_resume
         info = store.run(lambda: store.execution(execution_id))
         if info is None:
             raise ExecutionNotFound(execution_id)
-        self._resumed = info
-        self._restored = store.run(lambda: store.latest_snapshot(execution_id))
-        spent_then = self._restored.spent_usd if self._restored is not None else 0.0
-        self._baseline_usd = max(spent_then, info.cost_total_usd)
-        self._last_version = self._restored.version if self._restored is not None else 0
+        _check_resumable(info, self.name)
+        restored = store.run(lambda: store.latest_snapshot(execution_id))
+        spent_then = restored.spent_usd if restored is not None else 0.0
+        baseline = max(spent_then, info.cost_total_usd)
         if self.budget_usd is None:
             self.budget_usd = info.budget_usd
+        previous = restored.trace_id if restored is not None else info.trace_id
+        ref = self._ref()
+        snapshot_id = restored.id if restored is not None else None
+        # The claim: of two resumes that read this state, one inserts; the other is ExecutionBusy here,
+        # before its span starts or its body runs.
+        self._resume_row = store.run(lambda: store.claim_resume(ref, generation, snapshot_id, previous, baseline))
+        self._resumed, self._restored, self._baseline_usd = info, restored, baseline
+        self._last_version = restored.version if restored is not None else 0
         linked = self._restored if self._restored is not None and self._restored.step_id else None
         if linked is None or not linked.trace_id:
             return []
@@ -320,10 +338,9 @@ class WorkflowControls:
             span.set_attribute(ATTR_RESUMED_TRACE, previous)
         if self._restored is not None:
             span.set_attribute(ATTR_RESUMED_FROM, self._restored.id)
-        ref = self._ref()
-        store = self.store
-        snapshot_id = self._restored.id if self._restored is not None else None
-        store.run(lambda: store.record_resume(ref, snapshot_id, previous, self._baseline_usd))
+        store, resume_row = self.store, self._resume_row
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        store.run(lambda: store.resume_started(resume_row, trace_id))
 
     def _controls_finished(self, exc: BaseException | None) -> None:
         """The body ended: roll back if ``rollback_on`` says so (the exception then propagates)."""
@@ -331,7 +348,7 @@ class WorkflowControls:
             trigger = _rollback_trigger(exc, self.rollback_on)
             if trigger is not None and self._compensations:
                 try:
-                    self.rollback(reason=f"{error_type(exc)}: {exc}"[:1000], initiated_by=f"rollback_on:{trigger}")
+                    self.rollback(reason=f"{error_type(exc)}: {exc}", initiated_by=f"rollback_on:{trigger}")
                 except Exception:  # never hide the body's exception behind the rollback's
                     _log.exception("wflo-otel: automatic rollback of execution %s failed", self.execution_id)
         finally:
@@ -395,6 +412,11 @@ class _Gate:
         _check_timeout(timeout_s)
         self.wf = wf
         self.name = name
+        storable_text(name, "the approval's name")
+        if message is not None:
+            if not isinstance(message, str):
+                raise TypeError(f"an approval's message must be text, got {type(message).__name__}")
+            storable_text(message, "the approval's message")
         self.message = message
         self.context = json_state(context, "context") if context is not None else None
         self.timeout_s = float(timeout_s) if timeout_s is not None else None
@@ -402,8 +424,8 @@ class _Gate:
         self.requested_usd = requested_usd
         self.decision = policy_decision
         if policy is not None and self.decision is None:
-            self.decision = policy(
-                {"name": name, "message": message, "context": self.context, "workflow": wf.name, "execution_id": wf.execution_id}
+            self.decision = _policy_decision(
+                policy({"name": name, "message": message, "context": self.context, "workflow": wf.name, "execution_id": wf.execution_id})
             )
         self.ref = wf._ref()
         self.step_id: str | None = None
@@ -461,9 +483,31 @@ def _call_sync(fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
         )
 
 
-def _check_timeout(timeout_s: float | None) -> None:
-    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0):
-        raise ValueError(f"timeout_s must be a positive number of seconds or None, got {timeout_s!r}")
+def _check_resumable(info: ExecutionInfo, workflow: str) -> None:
+    """Refuse, before any span or row, a resume that would continue the wrong thing."""
+    if info.workflow != workflow:
+        raise ValueError(
+            f"execution {info.id} is of workflow {info.workflow!r}, not {workflow!r}: resume it with workflow({info.workflow!r}, resume=...)"
+        )
+    if info.status == STATUS_COMPLETED:
+        raise ValueError(f"execution {info.id} of workflow {workflow!r} is COMPLETED; there is nothing to resume")
+
+
+def _policy_decision(value: Any) -> bool | None:
+    """A policy's answer: only True, False and None decide; a truthy "deny" must not approve."""
+    if value is None or isinstance(value, bool):
+        return value
+    raise TypeError(f"an approval policy must return True, False or None, got {value!r}")
+
+
+def _check_timeout(timeout_s: float | None, name: str = "timeout_s") -> None:
+    """Finite, positive and at most ``MAX_TIMEOUT_S``: ``now + timedelta(seconds=inf)`` would overflow after validation."""
+    if timeout_s is None:
+        return
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise ValueError(
+            f"{name} must be a positive number of seconds up to {MAX_TIMEOUT_S:.0f} (10 years) or None, got {timeout_s!r}"
+        )
 
 
 def _is_json(value: Any) -> bool:

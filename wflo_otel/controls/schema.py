@@ -88,5 +88,8 @@ execution_resumes = sa.Table(
     sa.Column("previous_trace_id", sa.String(32)),
     sa.Column("spent_usd", sa.Double, nullable=False, server_default=sa.text("0")),
     sa.Column("created_at", Timestamp, nullable=False),
+    # The number of earlier resumes + 1 (revision 0007): two resumes of one state cannot both start.
+    sa.Column("generation", sa.Integer),
     sa.Index("ix_execution_resumes_execution_id", "execution_id"),
+    sa.Index("uq_execution_resumes_execution_generation", "execution_id", "generation", unique=True),
 )

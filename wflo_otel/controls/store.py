@@ -42,7 +42,8 @@ from wflo_otel.exporters._loop import LoopThread
 from wflo_otel.exporters.schema import workflow_definitions, workflow_executions
 from wflo_otel.exporters.store import create_engine, normalize_url
 
-from .errors import ApprovalConflict, ApprovalNotFound
+from .decisions import decider
+from .errors import ApprovalConflict, ApprovalNotFound, ExecutionBusy
 from .records import STATUS_APPROVED, STATUS_EXPIRED, STATUS_PENDING, STATUS_REJECTED, Approval, ExecutionInfo, Snapshot, utc
 from .schema import (
     approval_requests,
@@ -242,17 +243,41 @@ class ControlStore:
         found = await self.snapshots(execution_id, name, latest=True)
         return found[0] if found else None
 
-    async def record_resume(
-        self, ref: ExecutionRef, snapshot_id: str | None, previous_trace_id: str | None, spent_usd: float
-    ) -> None:
-        await self._insert(
-            ref,
-            execution_resumes,
-            snapshot_id=snapshot_id,
-            trace_id=ref.trace_id,
-            previous_trace_id=previous_trace_id,
-            spent_usd=spent_usd,
-        )
+    async def resume_generation(self, execution_id: str) -> int:
+        """The generation the next resume of the execution claims: the number of its resumes + 1.
+
+        Read before the resume reads the stored spend: two resumes that read the same state
+        then claim the same generation, and only one can (``claim_resume``).
+        """
+        r = execution_resumes
+        async with self.engine.connect() as conn:
+            count = await conn.scalar(sa.select(sa.func.count()).select_from(r).where(r.c.execution_id == execution_id))
+        return int(count or 0) + 1
+
+    async def claim_resume(
+        self, ref: ExecutionRef, generation: int, snapshot_id: str | None, previous_trace_id: str | None, spent_usd: float
+    ) -> str:
+        """Insert the resume's row as ``generation``; ``ExecutionBusy`` if another resume took it first."""
+        try:
+            return await self._insert(
+                ref,
+                execution_resumes,
+                generation=generation,
+                snapshot_id=snapshot_id,
+                trace_id=None,  # the new root span does not exist yet: resume_started sets it
+                previous_trace_id=previous_trace_id,
+                spent_usd=spent_usd,
+            )
+        except IntegrityError:  # unique (execution_id, generation): a concurrent resume of the same state won
+            raise ExecutionBusy(ref.id, generation) from None
+
+    async def resume_started(self, resume_id: str, trace_id: str | None) -> None:
+        """The claimed resume's trace, once its root span exists."""
+        r = execution_resumes
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(**_WRITE)
+            async with conn.begin():
+                await conn.execute(r.update().where(r.c.id == resume_id).values(trace_id=trace_id))
 
     # -- rollbacks ---------------------------------------------------------------------
 
@@ -343,11 +368,11 @@ class ControlStore:
     async def decide(self, approval_id: str, *, approved: bool, by: str, reason: str | None = None) -> Approval:
         """Decide a PENDING, unexpired request; the one conditional UPDATE makes concurrent deciders safe.
 
+        ``ValueError`` for a blank ``by`` (``decisions.decider``);
         ``ApprovalNotFound`` for an unknown id; ``ApprovalConflict`` carrying the first
         decision when it is decided already (or expired: then it is marked EXPIRED).
         """
-        if not by or not isinstance(by, str):
-            raise ValueError("a decision needs who made it (by=...)")
+        by = decider(by)  # the CLI and HTTP also require a rejection's reason (check_decision)
         status = STATUS_APPROVED if approved else STATUS_REJECTED
         decided = await self._transition(approval_id, status, by=by, reason=reason, unexpired=True)
         if decided is not None:

@@ -176,6 +176,7 @@ class Dashboard:
 
     async def decide(self, request: web.Request) -> web.StreamResponse:
         """Approve or reject through the controls' store (its conditional update); 409 shows the first decision."""
+        from ..controls.decisions import check_decision
         from ..controls.errors import ApprovalConflict, ApprovalNotFound
 
         form = await request.post()
@@ -190,10 +191,10 @@ class Dashboard:
         reason = str(form.get("comment") or "").strip()[:2000] or None
         if choice not in ("approve", "reject"):
             return await self.approvals_page(request, notice="choose approve or reject", status=400)
-        if not by:
-            return await self.approvals_page(request, notice="type your name: a decision says who made it", status=400)
-        if choice == "reject" and reason is None:
-            return await self.approvals_page(request, notice="a rejection needs a reason", status=400)
+        try:  # the check of the CLI and the HTTP routes: a zero-width name is no name
+            by, reason = check_decision(by, reason, approved=choice == "approve")
+        except ValueError as exc:
+            return await self.approvals_page(request, notice=str(exc), status=400)
         store, approval_id = self.decider, request.match_info["id"]
         try:
             await store.arun(lambda: store.decide(approval_id, approved=choice == "approve", by=by, reason=reason))

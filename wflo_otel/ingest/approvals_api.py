@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from ..controls.decisions import check_decision
 from ..controls.errors import ApprovalConflict, ApprovalNotFound
 from ..controls.records import APPROVAL_STATUSES
 from .limits import SMALL_BODY_BYTES
@@ -77,17 +78,13 @@ class ApprovalRoutes:
     async def _decide(self, request: web.Request, *, approved: bool) -> web.Response:
         self._check(request)
         body = await _json_body(request)
-        by = body.get("by")
-        reason = body.get("comment") if approved else body.get("reason")
-        if not isinstance(by, str) or not by.strip():
-            raise _bad(400, 'the body must say who decides: {"by": "name"}')
-        if not approved and (not isinstance(reason, str) or not reason.strip()):
-            raise _bad(400, 'a rejection needs a reason: {"by": "name", "reason": "why"}')
-        if reason is not None and not isinstance(reason, str):
-            raise _bad(400, "comment / reason must be text")
+        try:  # the CLI's and the store's checks, so every way of deciding accepts the same decisions
+            by, reason = check_decision(body.get("by"), body.get("comment") if approved else body.get("reason"), approved=approved)
+        except ValueError as exc:
+            raise _bad(400, f'{exc}: {{"by": "name", "{"comment" if approved else "reason"}": "..."}}') from None
         approval_id = request.match_info["id"]
         try:
-            decided = await self._run(lambda s: s.decide(approval_id, approved=approved, by=by.strip(), reason=reason))
+            decided = await self._run(lambda s: s.decide(approval_id, approved=approved, by=by, reason=reason))
         except ApprovalNotFound as exc:
             raise _bad(404, str(exc)) from None
         except ApprovalConflict as exc:
@@ -114,7 +111,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise _bad(413, "body too large")
     try:
         body = json.loads(raw or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # a body nested 60,000 deep is bad input, not a server error
         raise _bad(400, "the body is not JSON") from None
     if not isinstance(body, dict):
         raise _bad(400, "the body must be a JSON object")
