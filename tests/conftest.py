@@ -35,6 +35,7 @@ TEST_LEG = os.environ.get("WFLO_TEST_LEG", "")
 ONE_LEG_MODULES = {
     "test_cli_errors",
     "test_collector",
+    "test_controls_hardening",
     "test_checkpoints",
     "test_approvals",
     "test_dashboard",
