@@ -38,6 +38,16 @@ def test_a_rollbacks_reason_and_failed_compensation_errors_are_stored_redacted(c
     assert details["failed"][0]["error"] == "ConnectionError: payment API said 401 for Authorization: [REDACTED] (ch_1)"
 
 
+def test_a_rollback_reason_with_a_nul_or_a_lone_surrogate_is_stored_on_both_engines(controls):
+    with pytest.raises(RuntimeError):
+        with wflo_otel.workflow("booking", rollback_on="error") as wf:
+            with wflo_otel.step("charge") as s:
+                s.on_rollback(lambda: None)
+            raise RuntimeError("bad input a\x00b \ud800 end")
+    ((reason,),) = controls.rows("SELECT reason FROM rollback_actions WHERE execution_id = :e", e=wf.execution_id)
+    assert reason == "RuntimeError: bad input a\ufffdb \ufffd end"
+
+
 @pytest.mark.parametrize("answer", ["deny", 1, 0, [], {"approve": False}])
 def test_a_policy_that_returns_anything_but_true_false_or_none_is_a_type_error_and_writes_nothing(controls, answer):
     with wflo_otel.workflow("refunds") as wf:

@@ -74,9 +74,23 @@ def redact_message(text: Any, limit: int = MESSAGE_LIMIT) -> str | None:
         return None
     if not isinstance(text, str):
         text = str(text)
+    text = storable_text(text)
     # Cut before the regexes run (they are linear, but a 30 MB message need not be scanned),
     # leaving room for a key the cut would otherwise halve into something unredacted.
     return truncate(redact(text[: limit * 2]), limit)
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # a str holds surrogates only unpaired
+
+
+def storable_text(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD.
+
+    PostgreSQL refuses both in ``text`` and ``jsonb`` columns, and an exception message may
+    carry either (it echoes whatever the failing code was given), so a message recorded by
+    the controls' synchronous store would otherwise fail its whole insert.
+    """
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def capture_content_enabled() -> bool:
