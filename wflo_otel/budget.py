@@ -154,15 +154,7 @@ class Ledger:
         if unknown:
             amount = 0.0
         with self._lock:
-            for scope in chain:
-                if unknown and scope.unknown_model == UNKNOWN_MODEL_REFUSE:
-                    break
-                budget = scope.budget_usd
-                if budget is None:
-                    continue
-                if scope.spent_usd + scope.reserved_usd + amount > budget + _EPSILON or scope.spent_usd >= budget:
-                    break
-            else:
+            if _refusing(chain, amount, unknown) is None:
                 for scope in chain:
                     scope.reserved_usd += amount
                 return Reservation(chain, amount)
