@@ -11,44 +11,16 @@ import asyncio
 
 import pytest
 from opentelemetry import baggage, context as otel_context, trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import wflo_otel
 from wflo_otel.cli import fetch
 from wflo_otel.limits import SpendLimit
 from test_foreign_spans import OPENINFERENCE_LLM, OPENLLMETRY_CHAT, SEMCONV_CHAT, price
-from test_limits import CALL_OUTPUT_USD, _ask
+from test_limits import CALL_OUTPUT_USD, _ask, configured, max_client  # noqa: F401 (fixtures)
 
 PEER_CALLS = (OPENLLMETRY_CHAT, SEMCONV_CHAT, OPENINFERENCE_LLM)
 PEER_COSTS = (price("gpt-4o-2024-08-06", 1000, 200, 800), price("gpt-4o-mini", 1000, 200), price("gpt-4o-mini", 1000, 200, 400))
 PEER_USD = sum(PEER_COSTS)
-
-
-@pytest.fixture
-def max_client(max_output_server):
-    import openai
-
-    return openai.OpenAI(base_url=max_output_server.base_url, api_key="k", max_retries=0)
-
-
-@pytest.fixture
-def configure_limits(tmp_path):
-    """configure(limits=...) on a SQLite file (calendar periods are leased from it); undone after the test."""
-    handles = []
-    url = f"sqlite+aiosqlite:///{tmp_path}/limits.db"
-
-    def make(limits):
-        handle = wflo_otel.configure(
-            url, tracer_provider=TracerProvider(), exporter=InMemorySpanExporter(), batch=False, limits=limits,
-            default_service_tier="default",  # a wflo call reserves ~CALL_OUTPUT_USD
-        )
-        handles.append(handle)
-        return handle
-
-    yield make, url
-    for handle in handles:
-        handle.shutdown()
 
 
 def _peer_calls(handle) -> None:
@@ -59,10 +31,9 @@ def _peer_calls(handle) -> None:
 
 
 @pytest.mark.parametrize("per", ["day", "run"])
-def test_peer_calls_fill_a_limit_once_and_wflo_s_next_calls_get_what_is_left(configure_limits, max_client, per):
-    configure, url = configure_limits
+def test_peer_calls_fill_a_limit_once_and_wflo_s_next_calls_get_what_is_left(configured, max_client, tmp_path, per):
     # Room for the peers' calls and two and a half of wflo's: counted once, that is two more calls.
-    handle = configure([SpendLimit("everything", usd=PEER_USD + CALL_OUTPUT_USD * 2.5, per=per)])
+    handle, _ = configured([SpendLimit("everything", usd=PEER_USD + CALL_OUTPUT_USD * 2.5, per=per)])
     engine = handle.budget_processor.limits
     with wflo_otel.workflow("peers"):
         _peer_calls(handle)
@@ -77,13 +48,13 @@ def test_peer_calls_fill_a_limit_once_and_wflo_s_next_calls_get_what_is_left(con
     assert refused.value.limit == "everything"
     if per == "day":  # the shared ledger counts the peers' spend once
         handle.shutdown()
+        url = f"sqlite+aiosqlite:///{tmp_path}/limits.db"  # where `configured` keeps the leases
         _, rows = asyncio.run(fetch(url, "SELECT spent_usd FROM spend_limit_periods"))
         assert rows[0][0] == pytest.approx(PEER_USD + 2 * CALL_OUTPUT_USD, rel=1e-3)
 
 
-def test_peer_calls_match_limits_by_span_scope_and_baggage_attributes(configure_limits, max_client):
-    configure, _ = configure_limits
-    handle = configure([
+def test_peer_calls_match_limits_by_span_scope_and_baggage_attributes(configured, max_client):
+    handle, _ = configured([
         SpendLimit("per-tenant", usd=PEER_USD + CALL_OUTPUT_USD * 0.5, per="day", key="tenant.id"),
         SpendLimit("search-team", usd=100.0, per="day", where={"team": "search"}),
         SpendLimit("gpt-4o", usd=100.0, per="run", where={"gen_ai.request.model": "gpt-4o"}),
