@@ -474,6 +474,11 @@ class BudgetSpanProcessor(SpanProcessor):
         )
         if cost.usd:
             self.ledger.charge(chain, cost.usd)
+            if self.limits is not None:  # matched as wflo's own calls are: span, scopes, baggage
+                try:
+                    self.limits.charge(self.limits.match(attrs, chain), cost.usd)
+                except Exception:  # never break span end
+                    _log.exception("wflo-otel: could not charge a call of another instrumentation to spend limits")
 
 
 def _service_name(span: Span) -> str | None:

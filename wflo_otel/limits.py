@@ -426,10 +426,34 @@ class LimitEngine:
             for bucket, amount in holds.held:
                 bucket.reserved -= amount
                 if actual_usd:
-                    bucket.spent += actual_usd
-                    if bucket.shared:
-                        bucket.unreported += actual_usd
-                    self._check_alerts(bucket)
+                    self._spend(bucket, actual_usd)
+
+    def charge(self, matched: Sequence[tuple[SpendLimit, str]], actual_usd: float | None) -> None:
+        """Charge a call that held nothing to the current period of every matched limit.
+
+        Another instrumentation's call is priced only when its span ends, so nothing
+        could be reserved for it: its cost is spent as it is, even past the limit (by
+        one call at most each), and the limit then refuses the next calls wflo holds.
+        No database round trip: a shared bucket reports it at its next sync.
+        """
+        if not matched or not actual_usd or actual_usd <= 0:
+            return
+        now = self.clock()
+        buckets = [self._bucket(limit, key, now) for limit, key in matched]
+        with self._lock:
+            for bucket in buckets:
+                if bucket.shared:
+                    # What the lease cannot cover was spent beyond it: granted grows by that much
+                    # (as _trust's money does), so the next sync reports it once and leases afresh.
+                    bucket.granted += max(actual_usd - max(bucket.available, 0.0), 0.0)
+                self._spend(bucket, actual_usd)
+
+    def _spend(self, bucket: Bucket, actual_usd: float) -> None:
+        """Called under the lock: ``actual_usd`` was spent on the bucket."""
+        bucket.spent += actual_usd
+        if bucket.shared:
+            bucket.unreported += actual_usd
+        self._check_alerts(bucket)
 
     # -- alerts ----------------------------------------------------------------------------------
 
