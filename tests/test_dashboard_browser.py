@@ -79,12 +79,15 @@ def signed_in(browser, site):
 
 def _sign_in(driver, base: str) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.delete_all_cookies()
     driver.get(base + "/executions")
     assert "/signin" in driver.current_url
     driver.find_element(By.ID, "token").send_keys(TOKEN)
-    driver.find_element(By.ID, "signin-submit").click()
+    _submit(driver, "signin-submit")
+    # The sign-in page's own URL ends in ``next=/executions`` too: wait for the cookie and the page.
+    WebDriverWait(driver, 10).until(lambda d: d.get_cookie("wflo_session") and "/signin" not in d.current_url)
     assert driver.current_url.endswith("/executions"), driver.current_url
 
 
@@ -99,14 +102,22 @@ def _visit(driver, url: str, shot: str) -> None:
 
 
 def _submit(driver, button_id: str) -> None:
-    """Click a submit button and wait for the next page (a click does not always wait for it)."""
+    """Click a submit button and wait until the next page has loaded (a click does not wait for it).
+
+    The old page is marked by a script variable; a new document does not have it. Checking
+    "the old element is stale" instead races chromedriver mid-navigation ("Node with given
+    id does not belong to the document"), so any driver error while the page changes is
+    a "not yet".
+    """
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = driver.find_element(By.TAG_NAME, "main")
+    driver.execute_script("window.__wfloOldPage = true")
     driver.find_element(By.ID, button_id).click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script("return !window.__wfloOldPage && document.readyState === 'complete'")
+    )
 
 
 def test_sign_in_is_required_and_the_form_signs_in(browser, site):
@@ -117,7 +128,7 @@ def test_sign_in_is_required_and_the_form_signs_in(browser, site):
     browser.get(server.url + "/")
     assert "/signin" in browser.current_url
     browser.find_element(By.ID, "token").send_keys("wrong")
-    browser.find_element(By.ID, "signin-submit").click()
+    _submit(browser, "signin-submit")
     assert "wrong token" in browser.find_element(By.ID, "signin-error").text
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / "signin.png"))

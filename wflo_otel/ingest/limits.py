@@ -327,9 +327,33 @@ def bounded_app(
             return await _answer_and_close(request, 408, f"body not received within {body_timeout_s:g}s")
         except web.HTTPRequestEntityTooLarge:
             return await _answer_and_close(request, 413, f"request body over {SMALL_BODY_BYTES} bytes")
+        except Exception as exc:
+            if not peer_gone(request, exc):
+                raise
+            return _closed_answer()
         return await handler(request)
 
     return web.Application(middlewares=[*middlewares, bounded_bodies], client_max_size=SMALL_BODY_BYTES)
+
+
+def peer_gone(request: web.Request, exc: BaseException) -> bool:
+    """Whether ``exc``, raised reading ``request``'s body, only means the connection is gone.
+
+    aiohttp raises ``ConnectionResetError`` when the connection is lost during the read, and
+    ``RuntimeError("Connection closed.")`` when it was lost before the handler started (the
+    connection guard evicting or timing it out in the moment its headers completed, say).
+    Neither is a fault of ours to log with a traceback; under a flood there are hundreds.
+    """
+    if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
+        return True
+    return isinstance(exc, RuntimeError) and request.transport is None
+
+
+def _closed_answer() -> web.Response:
+    """The answer to a request whose connection is gone: never delivered, never logged as an error."""
+    response = web.Response(status=400, text="connection closed before the body arrived")
+    response.force_close()
+    return response
 
 
 async def _answer_and_close(request: web.Request, status: int, message: str) -> web.Response:

@@ -63,6 +63,7 @@ from .limits import (
     bounded_app,
     connection_of,
     fit_fd_limit,
+    peer_gone,
 )
 from .options import DEFAULT_HOST, DEFAULT_PORT, ENV_TOKEN, IngestLimits, ServeOptions, add_arguments
 from .writer import BatchWriter, Overloaded, Unavailable, describe
@@ -421,7 +422,9 @@ class IngestService(InThread):
                     chunk = inflater.unconsumed_tail or (inflater.unused_data if inflater.eof else b"")
         except zlib.error:
             raise _Reject(400, "body is not valid gzip", close=True) from None
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        except Exception as exc:
+            if not peer_gone(request, exc):
+                raise
             raise _Reject(400, f"body ended early ({type(exc).__name__})", close=True) from None
         if inflater is not None and not inflater.eof:
             raise _Reject(400, "gzip body is truncated", close=True)
