@@ -85,7 +85,7 @@ def test_an_expired_request_raises_and_cannot_be_approved_afterwards(controls):
         started = time.monotonic()
         with pytest.raises(ApprovalExpired) as caught:
             wf.require_approval("send-refund", timeout_s=0.3)
-        assert 0.3 <= time.monotonic() - started < 2.0
+        assert 0.3 <= time.monotonic() - started < 5.0  # not the default timeout; slack for a loaded CI machine
     approval = caught.value.approval
     assert controls.rows("SELECT status FROM approval_requests WHERE id = :i", i=approval.id) == [("EXPIRED",)]
     with pytest.raises(ApprovalConflict) as conflict:
