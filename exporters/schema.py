@@ -117,6 +117,18 @@ sa.Index(
     postgresql_where=sa.text(STEP_DURATION),
     sqlite_where=sa.text(STEP_DURATION),
 )
+# Revision 0008: the attributes of root and workflow spans (what ``workflow(attributes=...)``
+# sets), for the dashboard's attribute filter; PostgreSQL only (a JSONB GIN index; SQLite
+# has no such index and reads the roots of each execution instead).
+WORKFLOW_SPAN = "(kind = 'workflow' OR parent_span_id IS NULL)"
+sa.Index(
+    "ix_step_executions_workflow_attributes",
+    step_executions.c.attributes,
+    postgresql_using="gin",
+    postgresql_ops={"attributes": "jsonb_path_ops"},
+    postgresql_where=sa.text(WORKFLOW_SPAN),
+    info={"dialects": ("postgresql",)},
+).ddl_if(dialect="postgresql")
 sa.Index(
     "ix_workflow_executions_problems",
     workflow_executions.c.started_at,

@@ -38,7 +38,8 @@ def dashboard_spans(executions: int = 30, *, hostile_every: int = 10):
         root = tracer.start_span(
             f"invoke_workflow {name}", start_time=t0,
             attributes={"gen_ai.operation.name": "invoke_workflow", "gen_ai.workflow.name": name,
-                        "wflo.execution.root": True, "wflo.budget.usd": 0.01, **common},
+                        "wflo.execution.root": True, "wflo.budget.usd": 0.01,
+                        "tenant.id": f"tenant-{i % 2}", "user.id": i % 3, **common},
         )
         ctx = trace.set_span_in_context(root)
         step_name = HOSTILE if hostile_every and i % hostile_every == 0 else "retrieve"

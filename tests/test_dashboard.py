@@ -102,6 +102,51 @@ def test_executions_filter_sort_and_page(ui, filled_url):
     assert ui.client.get("/api/executions?sort=nonsense").status_code == 400
 
 
+def test_executions_filter_by_an_attribute_of_the_workflow_span_as_string_or_number(ui, filled_url):
+    listed = lambda q: {r["id"] for r in ui.client.get("/api/executions?window=7d&" + q).json()["executions"]}  # noqa: E731
+    everything = listed("")
+    tenant0 = listed("attr=tenant.id%3Dtenant-0")
+    assert len(tenant0) == 15 and tenant0 < everything
+    assert tenant0 | listed("attr=tenant.id=tenant-1") == everything and tenant0.isdisjoint(listed("attr=tenant.id=tenant-1"))
+    assert listed("attr=tenant.id%3Dtenant-0&workflow=triage") == tenant0 & listed("workflow=triage")
+    assert listed("attr=tenant.id=nobody") == set() and listed("attr=no.such.key=tenant-0") == set()
+    # A number typed matches an int or float attribute (and a string that spells it).
+    assert len(listed("attr=user.id=2")) == 10 and listed("attr=wflo.budget.usd=0.01") == everything
+    # The root's attributes, not those of the calls under it (gen_ai.* are on the LLM steps only).
+    assert listed("attr=gen_ai.request.model=gpt-4o") == set()
+    for bad in ("attr=novalue", "attr=%3Dx", 'attr=a%22b%3D1', "attr=k%3D" + "v" * 1001):
+        response = ui.client.get("/api/executions?" + bad)
+        assert response.status_code == 400 and "attr" in response.json()["error"], bad
+    page = ui.client.get("/executions?window=7d&attr=tenant.id%3D%3Cscript%3E").text
+    assert 'value="tenant.id=&lt;script&gt;"' in page and "<script" not in page.lower()
+    sort_link = re.search(r'id="sort-cost" href="([^"]+)"', ui.client.get("/executions?window=7d&attr=tenant.id%3Dtenant-0").text)
+    assert "attr=tenant.id%3Dtenant-0" in sort_link.group(1)  # sorting and paging keep the filter
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_attribute_filter_is_answered_by_the_gin_index_on_postgresql(filled_url):
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from wflo_otel.dashboard import queries
+    from wflo_otel.exporters.schema import workflow_executions
+    from wflo_otel.exporters.store import create_engine
+
+    async def plan() -> str:
+        engine = create_engine(filled_url)
+        try:
+            async with engine.connect() as conn:
+                where = queries._workflow_spans_with_attribute("postgresql", "tenant.id", "17")
+                sql = sa.select(workflow_executions.c.id).where(where).compile(conn.sync_connection, compile_kwargs={"literal_binds": True})
+                await conn.exec_driver_sql("SET enable_seqscan = off")  # a tiny table: make the planner show it can
+                return "\n".join(r[0] for r in await conn.exec_driver_sql(f"EXPLAIN {sql}"))
+        finally:
+            await engine.dispose()
+
+    assert "ix_step_executions_workflow_attributes" in asyncio.run(plan())
+
+
 def test_a_hostile_span_name_is_escaped_everywhere(ui, filled_url):
     (execution_id,) = query(filled_url, "SELECT execution_id FROM step_executions WHERE name = :n LIMIT 1", n=HOSTILE)[0]
     html = ui.client.get(f"/executions/{execution_id}").text

@@ -183,6 +183,12 @@ def test_the_filters_change_the_executions_listed(signed_in, site):
     (expected,) = query(url, "SELECT COUNT(*) FROM workflow_executions WHERE workflow_id = 'triage' AND status = 'BUDGET_EXCEEDED'")[0]
     assert len(rows()) == expected and 0 < expected < 10
     signed_in.save_screenshot(str(SCREENSHOTS / "executions-filtered.png"))
+    _visit(signed_in, server.url + "/executions?window=7d", "executions-all")
+    signed_in.find_element(By.ID, "attr").send_keys("tenant.id=tenant-0")
+    _submit(signed_in, "apply")
+    (tenant0,) = query(url, "SELECT COUNT(DISTINCT execution_id) FROM step_executions WHERE parent_span_id IS NULL AND json_extract(attributes, '$.\"tenant.id\"') = 'tenant-0'")[0]
+    assert len(rows()) == tenant0 == 15
+    assert signed_in.find_element(By.ID, "attr").get_attribute("value") == "tenant.id=tenant-0"
     assert not [e for e in signed_in.get_log("browser") if e["level"] == "SEVERE"]
 
 

@@ -7,11 +7,13 @@ a window of two days or less reads ``cost_rollup_hourly`` (hourly buckets), a lo
 ``cost_rollup_daily`` (daily buckets), tenants ``cost_rollup_tenant_daily``. Windows are
 whole UTC days (``today`` is since midnight UTC), so every rollup answers them exactly.
 The executions list reads ``workflow_executions`` inside the window (its ``started_at``
-index) and one execution reads its steps (the ``execution_id`` index).
+index), its attribute filter probing each execution's steps (the ``execution_id`` index),
+and one execution reads its steps (the ``execution_id`` index).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Mapping
@@ -20,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..exporters.schema import (
+    WORKFLOW_SPAN,
     cost_rollup_daily,
     cost_rollup_hourly,
     cost_rollup_tenant_daily,
@@ -283,10 +286,12 @@ class ExecutionFilter:
     sort: str = "started"
     descending: bool = True
     page: int = 1
+    attribute: tuple[str, str] | None = None  # (key, value): the execution's root or workflow span carries it
 
     def params(self, **changes: Any) -> dict[str, str]:
         """The query parameters of this filter with ``changes`` (for links: sort, page)."""
-        values = {**self.window.params(), "workflow": self.workflow, "status": self.status, "sort": self.sort,
+        attr = f"{self.attribute[0]}={self.attribute[1]}" if self.attribute else None
+        values = {**self.window.params(), "workflow": self.workflow, "status": self.status, "attr": attr, "sort": self.sort,
                   "order": "desc" if self.descending else "asc", "page": str(self.page)}
         values.update({k: (str(v) if v is not None else None) for k, v in changes.items()})
         return {k: v for k, v in values.items() if v}
@@ -312,7 +317,68 @@ def execution_filter(params: Mapping[str, str]) -> ExecutionFilter:
         sort=sort,
         descending=(params.get("order") or "desc") != "asc",
         page=page,
+        attribute=attribute_filter(params.get("attr") or ""),
     )
+
+
+MAX_ATTRIBUTE_KEY = 255
+MAX_ATTRIBUTE_VALUE = 1_000
+
+
+def attribute_filter(text: str) -> tuple[str, str] | None:
+    """``KEY=VALUE`` (``tenant.id=acme``) as a (key, value) pair; ``None`` for an empty filter.
+
+    The key names a span attribute as stored (a JSON object key); quotes and backslashes
+    are refused because SQLite's JSON path cannot carry them.
+    """
+    if not text.strip():
+        return None
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise BadRequest("attr must be KEY=VALUE, e.g. tenant.id=acme")
+    if len(key) > MAX_ATTRIBUTE_KEY or len(value) > MAX_ATTRIBUTE_VALUE:
+        raise BadRequest(f"attr: a key of at most {MAX_ATTRIBUTE_KEY} and a value of at most {MAX_ATTRIBUTE_VALUE} characters")
+    if any(c in key for c in '"\\') or any(ord(c) < 32 for c in key + value):
+        raise BadRequest("attr: the key cannot hold quotes or backslashes, nor either control characters")
+    return key, value
+
+
+def _as_number(value: str) -> int | float | None:
+    """The number ``value`` spells (attributes like ``user.id`` are often ints), else ``None``."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _workflow_spans_with_attribute(dialect: str, key: str, value: str) -> sa.ColumnElement[bool]:
+    """The execution's root or workflow span carries ``key`` equal to ``value`` (as a string, or
+    as the number it spells) — where ``workflow(attributes=...)`` and a manual root span put them.
+
+    On PostgreSQL a JSONB containment (``@>``) the partial GIN index
+    ``ix_step_executions_workflow_attributes`` answers, so a rare value costs no scan of
+    the window; SQLite reads each execution's root steps through the ``execution_id`` index.
+    """
+    s = step_executions
+    candidates: list[Any] = [value]
+    number = _as_number(value)
+    if number is not None:
+        candidates.append(number)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        match = sa.or_(*(s.c.attributes.op("@>")(sa.cast(sa.literal(json.dumps({key: c}), sa.Text), JSONB)) for c in candidates))
+        roots = sa.select(s.c.execution_id).where(sa.text(WORKFLOW_SPAN), match)
+        return workflow_executions.c.id.in_(roots)
+    found = sa.func.json_extract(s.c.attributes, f'$."{key}"')
+    match = sa.or_(*(found == sa.literal(c) for c in candidates))
+    return sa.exists().where(s.c.execution_id == workflow_executions.c.id, sa.text(WORKFLOW_SPAN), match)
 
 
 _EXECUTION_COLUMNS = (
@@ -343,6 +409,8 @@ async def executions(conn: AsyncConnection, flt: ExecutionFilter) -> tuple[list[
         query = query.where(e.c.workflow_id == flt.workflow)
     if flt.status:
         query = query.where(e.c.status == flt.status)
+    if flt.attribute:
+        query = query.where(_workflow_spans_with_attribute(conn.dialect.name, *flt.attribute))
     rows = [_execution_dict(r) for r in await conn.execute(query)]
     return rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
 

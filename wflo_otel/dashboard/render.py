@@ -278,6 +278,7 @@ def executions_body(rows: list[dict[str, Any]], has_next: bool, flt: ExecutionFi
     extra = (
         f"<label>workflow<select name=workflow id=workflow>{wf_options}</select></label>"
         f"<label>status<select name=status id=status>{st_options}</select></label>"
+        f'<label>attribute<input name=attr id=attr size=24 placeholder="tenant.id=acme" value="{attr(params.get("attr", ""))}"></label>'
         f'<input type=hidden name=sort value="{attr(flt.sort)}"><input type=hidden name=order value="{"desc" if flt.descending else "asc"}">'
     )
     form = window_form("/executions", params, extra) if links else ""
