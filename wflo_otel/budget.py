@@ -380,6 +380,10 @@ class BudgetSpanProcessor(SpanProcessor):
             self._scope_attributes(chain, attrs, parent_context, fresh=parent_entry is None)
         execution = chain[0]
         span.set_attributes({A.WFLO_EXECUTION_ID: execution.execution_id, A.WFLO_WORKFLOW_NAME: execution.name})
+        if not opens_scope and is_llm_call(attrs):
+            applied = _applied_attributes(chain, attrs)
+            if applied:
+                span.set_attributes(applied)
         self._chains[span_id] = (chain, time.monotonic())
         self._starts += 1
         if self._starts % _EVICT_EVERY == 0:
@@ -508,6 +512,19 @@ def _as_budget(value) -> float | None:
 
 _ON_EXCEED = (ON_EXCEED_RAISE, ON_EXCEED_RECORD, ON_EXCEED_APPROVE)
 _UNKNOWN_MODEL = (UNKNOWN_MODEL_ALLOW, UNKNOWN_MODEL_REFUSE)
+
+
+def _applied_attributes(chain: Chain, attrs) -> dict:
+    """The attributes the workflows around a call apply to it (``workflow(attributes=...)``,
+    the innermost winning; with spend limits also those that came in baggage), minus those
+    the call's span sets itself. Stamped on the call's span, they reach its row: the tenant
+    of the cost rollups and the dashboard, SQL by customer over ``step_executions``.
+    """
+    merged: dict = {}
+    for scope in chain:
+        if scope.attributes:
+            merged.update(scope.attributes)
+    return {k: v for k, v in merged.items() if k not in attrs} if merged else merged
 
 
 def _policy(attrs, key: str, allowed: tuple[str, ...], default: str) -> str:
