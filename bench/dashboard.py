@@ -7,7 +7,9 @@ Run: python bench/dashboard.py [--rows 10000000] [--requests 30]
 1. Data. A throw-away database gets ``--rows`` step rows (default 10,000,000) made on the
    server by ``generate_series``: executions of 8 steps (a workflow root, a tool step, six
    LLM calls), so 1.25M executions for 10M rows, spread evenly over the last 30 days,
-   20 workflows, 12 models, 500 tenants (``tenant.id`` on each LLM step), every 10th
+   20 workflows, 12 models, 500 tenants (``tenant.id`` on the workflow span and each LLM
+   step, as ``workflow(attributes=...)`` sets them; ``deployment.environment=prod`` on
+   every workflow span, an attribute every execution matches), every 10th
    execution failed and every 25th over budget (its last call refused). Execution totals
    are computed from the same formulas, and the rollups are filled by the migration's
    own backfill SQL (``wflo_otel.exporters.rollups.backfill_sql``), then ``ANALYZE``.
@@ -80,7 +82,8 @@ SELECT lpad(to_hex(i * 8 + k), 16, '0'), lpad(to_hex(i), 32, '0'), lpad(to_hex(i
        CASE WHEN k >= 2 THEN 'bench' END,
        $2::timestamptz + i * (interval '30 days' / $1) + k * interval '100 ms',
        $2::timestamptz + i * (interval '30 days' / $1) + k * interval '100 ms' + interval '90 ms', 90,
-       CASE WHEN k >= 2 THEN jsonb_build_object('tenant.id', 'tenant-' || (i % 500)) END
+       CASE WHEN k >= 2 THEN jsonb_build_object('tenant.id', 'tenant-' || (i % 500))
+            WHEN k = 0 THEN jsonb_build_object('tenant.id', 'tenant-' || (i % 500), 'deployment.environment', 'prod') END
 FROM generate_series($3::int, $4::int) AS i
 CROSS JOIN generate_series(0, 7) AS k
 CROSS JOIN LATERAL (SELECT k = 7 AND i % 25 = 24 AS refused) AS r
@@ -204,6 +207,7 @@ def endpoints(executions: int) -> list[tuple[str, str]]:
         ("executions tenant-17 7 days (page)", "/executions?window=7d&attr=tenant.id%3Dtenant-17"),
         ("executions tenant-17 wf-17 30 days (API)", "/api/executions?window=30d&workflow=wf-17&attr=tenant.id%3Dtenant-17"),
         ("executions unknown tenant 7 days (API)", "/api/executions?window=7d&attr=tenant.id%3Dnobody"),
+        ("executions env=prod (all) 30 days (API)", "/api/executions?window=30d&attr=deployment.environment%3Dprod"),
         ("one execution (page)", f"/executions/{execution_id}"),
         ("one execution (API)", f"/api/executions/{execution_id}"),
         ("limits: 501 current periods (page)", "/limits"),
