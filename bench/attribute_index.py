@@ -18,11 +18,8 @@ import argparse
 import asyncio
 import statistics
 import sys
-import time
 import uuid
 from pathlib import Path
-
-import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -34,23 +31,6 @@ VARIANTS = {
     "roots": [],
     "all": [f"DROP INDEX {INDEX}", f"CREATE INDEX {INDEX}_all ON step_executions USING gin (attributes jsonb_path_ops)"],
 }
-
-
-async def _rate(url: str, batches, count: int, ddl: list[str]) -> float:
-    from wflo_otel.exporters.store import SpanStore
-
-    store = SpanStore(url)
-    try:
-        await store.migrate()
-        async with store.engine.begin() as conn:
-            for statement in ddl:
-                await conn.execute(sa.text(statement))
-        started = time.perf_counter()
-        for batch in batches:
-            await store.write(batch)
-        return count / (time.perf_counter() - started)
-    finally:
-        await store.dispose()
 
 
 def main(argv=None) -> int:
@@ -67,7 +47,7 @@ def main(argv=None) -> int:
             asyncio.run(dashboard_bench._admin(args.pg_url, f'CREATE DATABASE "{database}"'))
             try:
                 url = dashboard_bench._dsn(args.pg_url, database).replace("postgresql://", "postgresql+asyncpg://", 1)
-                rates[name].append(asyncio.run(_rate(url, batches, count, ddl)))
+                rates[name].append(asyncio.run(dashboard_bench._store_rate(url, batches, count, True, tuple(ddl))))
             finally:
                 asyncio.run(dashboard_bench._admin(args.pg_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
     base = statistics.median(rates["none"])

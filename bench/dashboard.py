@@ -267,12 +267,19 @@ def store_batches(spans: int):
     ]
 
 
-async def _store_rate(url: str, batches, count: int, rollups: bool) -> float:
+async def _store_rate(url: str, batches, count: int, rollups: bool, after_migrate: tuple[str, ...] = ()) -> float:
+    """Spans a second ``SpanStore.write`` takes ``batches`` at, into ``url`` migrated then altered by ``after_migrate``."""
+    import sqlalchemy as sa
+
     from wflo_otel.exporters.store import SpanStore
 
     store = SpanStore(url, rollups=rollups)
     try:
         await store.migrate()
+        if after_migrate:
+            async with store.engine.begin() as conn:
+                for statement in after_migrate:
+                    await conn.execute(sa.text(statement))
         started = time.perf_counter()
         for batch in batches:
             await store.write(batch)
