@@ -102,7 +102,9 @@ def test_executions_filter_sort_and_page(ui, filled_url):
     assert ui.client.get("/api/executions?sort=nonsense").status_code == 400
 
 
-def test_executions_filter_by_an_attribute_of_the_workflow_span_as_string_or_number(ui, filled_url):
+def test_executions_filter_by_an_attribute_of_the_workflow_span_as_string_or_number(ui, filled_url, monkeypatch):
+    from wflo_otel.dashboard import queries
+
     listed = lambda q: {r["id"] for r in ui.client.get("/api/executions?window=7d&" + q).json()["executions"]}  # noqa: E731
     everything = listed("")
     tenant0 = listed("attr=tenant.id%3Dtenant-0")
@@ -110,6 +112,16 @@ def test_executions_filter_by_an_attribute_of_the_workflow_span_as_string_or_num
     assert tenant0 | listed("attr=tenant.id=tenant-1") == everything and tenant0.isdisjoint(listed("attr=tenant.id=tenant-1"))
     assert listed("attr=tenant.id%3Dtenant-0&workflow=triage") == tenant0 & listed("workflow=triage")
     assert listed("attr=tenant.id=nobody") == set() and listed("attr=no.such.key=tenant-0") == set()
+    # Each of the ways PostgreSQL may take (probing the window's first executions, the index's
+    # roots by id, probing the whole window) gives the same answer, on every page.
+    for probe_first, sparse in ((2_000, 5_000), (3, 5_000), (3, 3), (0, 3)):
+        monkeypatch.setattr(queries, "PROBE_FIRST", probe_first)
+        monkeypatch.setattr(queries, "SPARSE_ROOTS", sparse)
+        monkeypatch.setattr(queries, "PAGE_SIZE", 4)
+        pages = [listed(f"attr=tenant.id%3Dtenant-0&page={n}") for n in range(1, 6)]
+        assert set().union(*pages) == tenant0 and sum(map(len, pages)) == 15, (probe_first, sparse)
+        assert listed("attr=tenant.id=nobody") == set()
+    monkeypatch.undo()
     # A number typed matches an int or float attribute (and a string that spells it).
     assert len(listed("attr=user.id=2")) == 10 and listed("attr=wflo.budget.usd=0.01") == everything
     # The root's attributes, not those of the calls under it (gen_ai.* are on the LLM steps only).
@@ -130,15 +142,15 @@ def test_the_attribute_filter_is_answered_by_the_gin_index_on_postgresql(filled_
     import sqlalchemy as sa
 
     from wflo_otel.dashboard import queries
-    from wflo_otel.exporters.schema import workflow_executions
+    from wflo_otel.exporters.schema import WORKFLOW_SPAN, step_executions
     from wflo_otel.exporters.store import create_engine
 
     async def plan() -> str:
         engine = create_engine(filled_url)
         try:
             async with engine.connect() as conn:
-                where = queries._workflow_spans_with_attribute("postgresql", "tenant.id", "17")
-                sql = sa.select(workflow_executions.c.id).where(where).compile(conn.sync_connection, compile_kwargs={"literal_binds": True})
+                where = sa.and_(sa.text(WORKFLOW_SPAN), queries.attribute_match("postgresql", "tenant.id", "17"))
+                sql = sa.select(step_executions.c.execution_id).where(where).compile(conn.sync_connection, compile_kwargs={"literal_binds": True})
                 await conn.exec_driver_sql("SET enable_seqscan = off")  # a tiny table: make the planner show it can
                 return "\n".join(r[0] for r in await conn.exec_driver_sql(f"EXPLAIN {sql}"))
         finally:
