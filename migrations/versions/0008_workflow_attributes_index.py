@@ -4,8 +4,9 @@ The dashboard's executions page filters by an attribute of the execution
 (``attr=tenant.id=acme``): what ``workflow(attributes=...)`` or a manual root span sets.
 Without an index, a rare value costs a scan of the whole window (0.4 s at 1M steps); a
 JSONB containment query on this partial GIN index answers it at once. Only root and
-workflow spans are indexed (about one step in eight), so the store's insert throughput is
-unchanged (an index over every step's attributes cost 19 %). SQLite has no such index: it
+workflow spans are indexed (about one step in seven), so the store's insert throughput
+loses 0-7 % where an index over every step's attributes cost 16-19 %
+(``bench/attribute_index.py``). SQLite has no such index: it
 reads each execution's roots through the ``execution_id`` index.
 
 Revision ID: 0008_workflow_attributes_index
