@@ -63,6 +63,7 @@ class Scope:
         "span",
         "approver",
         "attributes",
+        "applied",
     )
 
     def __init__(
@@ -89,6 +90,9 @@ class Scope:
         # What spend limits match calls by: workflow(..., attributes=) and a root span's
         # attributes, inherited by nested scopes and carried downstream in baggage.
         self.attributes: dict = _NO_ATTRIBUTES
+        # What the workflow itself declared (``workflow(..., attributes=)``): set on each of
+        # its calls' spans. Never baggage: a caller must not write into our rows.
+        self.applied: dict = _NO_ATTRIBUTES
         # Whether a call in this scope must be checked before it is sent: a budget to fit,
         # or models without a price to refuse. Scopes that do neither only account.
         self.enforces = budget_usd is not None or unknown_model == UNKNOWN_MODEL_REFUSE
@@ -381,7 +385,7 @@ class BudgetSpanProcessor(SpanProcessor):
         execution = chain[0]
         span.set_attributes({A.WFLO_EXECUTION_ID: execution.execution_id, A.WFLO_WORKFLOW_NAME: execution.name})
         if not opens_scope and is_llm_call(attrs):
-            applied = _applied_attributes(chain, attrs)
+            applied = _applied_attributes(chain, span, attrs)
             if applied:
                 span.set_attributes(applied)
         self._chains[span_id] = (chain, time.monotonic())
@@ -514,17 +518,34 @@ _ON_EXCEED = (ON_EXCEED_RAISE, ON_EXCEED_RECORD, ON_EXCEED_APPROVE)
 _UNKNOWN_MODEL = (UNKNOWN_MODEL_ALLOW, UNKNOWN_MODEL_REFUSE)
 
 
-def _applied_attributes(chain: Chain, attrs) -> dict:
-    """The attributes the workflows around a call apply to it (``workflow(attributes=...)``,
-    the innermost winning; with spend limits also those that came in baggage), minus those
-    the call's span sets itself. Stamped on the call's span, they reach its row: the tenant
-    of the cost rollups and the dashboard, SQL by customer over ``step_executions``.
+# Stamped on calls only outside the namespaces the instrumentation and the store read:
+# a workflow attribute named like usage or a model must not change what a call costs.
+_NOT_APPLIED = ("gen_ai.", "wflo.", "llm.", "openai.", "server.", "error.", "http.", "url.")
+_ROOM_KEPT = 32  # attribute slots left for what the call sets when it ends (usage, cost, ...)
+
+
+def _applied_attributes(chain: Chain, span: Span, attrs) -> dict:
+    """What the workflows around a call declared (``workflow(..., attributes=...)``, the
+    innermost winning) that the call's span does not set itself, to be stamped on it so
+    its row carries them: the tenant of the cost rollups and the dashboard, SQL by
+    customer over ``step_executions``. Only what fits the span's attribute limit with room
+    to spare (the SDK would evict the call's own attributes to make room).
     """
     merged: dict = {}
     for scope in chain:
-        if scope.attributes:
-            merged.update(scope.attributes)
-    return {k: v for k, v in merged.items() if k not in attrs} if merged else merged
+        if scope.applied:
+            merged.update(scope.applied)
+    if not merged:
+        return merged
+    cap = getattr(getattr(span, "_limits", None), "max_span_attributes", 128)  # None: no limit
+    room = len(merged) if cap is None else cap - len(attrs) - _ROOM_KEPT
+    applied = {}
+    for key, value in merged.items():
+        if len(applied) >= room:
+            break
+        if key not in attrs and not key.startswith(_NOT_APPLIED):
+            applied[key] = value
+    return applied
 
 
 def _policy(attrs, key: str, allowed: tuple[str, ...], default: str) -> str:

@@ -270,6 +270,7 @@ class Workflow(_SpanBlock, WorkflowControls):
         self._scope = processor.scope_of(span_id)
         if self._scope is not None and self.attributes:
             self._scope.attributes = {**self._scope.attributes, **self.attributes}
+            self._scope.applied = self.attributes
         chain = processor.chain_of(span_id)
         if chain:
             # Nested inside another workflow: the execution is the outer one.
