@@ -117,6 +117,18 @@ sa.Index(
     postgresql_where=sa.text(STEP_DURATION),
     sqlite_where=sa.text(STEP_DURATION),
 )
+def on_this_engine(dialect: str):
+    """An alembic ``include_object`` hook: leave out the objects of another engine only
+    (``info={"dialects": (...)}``, as the PostgreSQL GIN index), so autogenerate on SQLite
+    does not propose them."""
+
+    def include(obj, name, type_, reflected, compare_to) -> bool:
+        dialects = getattr(obj, "info", {}).get("dialects")
+        return not (dialects and dialect not in dialects)
+
+    return include
+
+
 # Revision 0008: the attributes of root and workflow spans (what ``workflow(attributes=...)``
 # sets), for the dashboard's attribute filter; PostgreSQL only (a JSONB GIN index; SQLite
 # has no such index and reads the roots of each execution instead).

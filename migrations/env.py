@@ -6,7 +6,7 @@ import asyncio
 
 from alembic import context
 
-from wflo_otel.exporters.schema import metadata
+from wflo_otel.exporters.schema import metadata, on_this_engine
 from wflo_otel.migrations import VERSION_TABLE, run_async
 
 config = context.config
@@ -19,6 +19,7 @@ def _run(connection) -> None:
         version_table=VERSION_TABLE,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=on_this_engine(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -135,6 +135,76 @@ def test_executions_filter_by_an_attribute_of_the_workflow_span_as_string_or_num
     assert "attr=tenant.id%3Dtenant-0" in sort_link.group(1)  # sorting and paging keep the filter
 
 
+TYPED = [  # the value each execution's workflow spans carry under "v"
+    "17", 17, 17.0, True, False, "true", ("a", "b"), 2**62, -5, "x'; DROP TABLE step_executions; --", "",
+]
+
+
+def _typed_spans():
+    """One execution per value of TYPED; its root and a nested workflow span both carry it."""
+    import uuid
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("typed")
+    for i, value in enumerate(TYPED):
+        common = {"wflo.execution.id": uuid.uuid4().hex, "wflo.workflow.name": f"typed-{i}",
+                  "gen_ai.operation.name": "invoke_workflow", "v": value}
+        root = tracer.start_span("invoke_workflow typed", attributes={**common, "wflo.execution.root": True})
+        tracer.start_span("invoke_workflow nested", context=trace.set_span_in_context(root), attributes=common).end()
+        root.end()
+    spans = list(memory.get_finished_spans())
+    provider.shutdown()
+    return spans
+
+
+def _same_json(a, b) -> bool:
+    """Equal as JSON values: numbers by value (17 == 17.0), never a string, number or boolean as another."""
+    kind = lambda v: bool if isinstance(v, bool) else str if isinstance(v, str) else tuple if isinstance(v, tuple) else float  # noqa: E731
+    return kind(a) is kind(b) and a == b
+
+
+@pytest.mark.parametrize(
+    "typed, matches",
+    [
+        ("17", ["17", 17, 17.0]),
+        ("17.0", [17, 17.0]),
+        ("1.7e1", [17, 17.0]),
+        ("true", [True, "true"]),
+        ("false", [False]),
+        ("1", []),  # not True
+        ("0", []),  # not False
+        ('["a","b"]', []),  # arrays match nothing
+        ("a", []),
+        ("017", []), ("1_7", []), ("+17", []), ("\uff11\uff17", []),  # only JSON's spelling of a number
+        (str(2**62), [2**62]),
+        ("99999999999999999999", []),  # past 64 bits: no error
+        ("-5", [-5]),
+        ("x'; DROP TABLE step_executions; --", ["x'; DROP TABLE step_executions; --"]),
+        ("", [""]),
+    ],
+)
+def test_the_attribute_filter_matches_by_json_type_alike_on_both_engines(database_url, typed, matches, monkeypatch):
+    from urllib.parse import quote
+
+    from wflo_otel.dashboard import queries
+
+    write_spans(database_url, _typed_spans())
+    monkeypatch.setattr(queries, "SPARSE_ROOTS", 2)  # 3+ executions: counted once each, not per span
+    with UIServer(database_url, port=0) as server:
+        response = Client(server.url).get("/api/executions?window=today&attr=" + quote("v=" + typed, safe=""))
+    assert response.status_code == 200, response.text
+    found = {r["workflow_id"] for r in response.json()["executions"]}
+    expected = {f"typed-{i}" for i, value in enumerate(TYPED) if any(_same_json(value, m) for m in matches)}
+    assert found == expected
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_the_attribute_filter_is_answered_by_the_gin_index_on_postgresql(filled_url):
     import asyncio

@@ -14,6 +14,7 @@ and one execution reads its steps (the ``execution_id`` index).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Mapping
@@ -344,17 +345,25 @@ def attribute_filter(text: str) -> tuple[str, str] | None:
     return key, value
 
 
-def _as_number(value: str) -> int | float | None:
-    """The number ``value`` spells (attributes like ``user.id`` are often ints), else ``None``."""
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_INT64 = range(-(2**63), 2**63)
+
+
+def _typed_candidates(value: str) -> list[str | int | float | bool]:
+    """What ``value`` may stand for in a span attribute: the string itself; the number it
+    spells, in JSON's spelling only (``17``, ``-0.5``, ``1e3``; not ``017`` nor ``1_7``);
+    the boolean ``true`` / ``false``. Each matches only a stored value of its own JSON type,
+    on both engines alike (arrays and objects match nothing).
+    """
+    candidates: list[str | int | float | bool] = [value]
+    if value in ("true", "false"):
+        candidates.append(value == "true")
+    elif _JSON_NUMBER.fullmatch(value):
         number = float(value)
-    except ValueError:
-        return None
-    return number if number == number and abs(number) != float("inf") else None
+        if number == number and abs(number) != float("inf"):
+            whole = "." not in value and "e" not in value.lower() and int(value) in _INT64
+            candidates.append(int(value) if whole else number)
+    return candidates
 
 
 # The attribute filter on PostgreSQL, in up to three steps (``_attribute_clause``):
@@ -365,7 +374,7 @@ def _as_number(value: str) -> int | float | None:
 # 3. else (common overall, rare in the window) every execution of the window is probed.
 PROBE_FIRST = 500
 MAX_PROBED = 20_000  # past this many skipped + probed rows, step 1 is skipped
-SPARSE_ROOTS = 5_000
+SPARSE_ROOTS = 5_000  # executions, not spans
 
 
 async def _attribute_clause(conn: AsyncConnection, query: sa.Select, key: str, value: str, skip: int) -> sa.ColumnElement[bool]:
@@ -397,24 +406,33 @@ async def _attribute_clause(conn: AsyncConnection, query: sa.Select, key: str, v
         hits = [ident for ident, found in rows if found]
         if len(hits) > skip + PAGE_SIZE or len(rows) < skip + PROBE_FIRST:
             return among(hits)  # this page and the next one's first, or the whole window
-    roots = sa.select(s.c.execution_id).where(sa.text(WORKFLOW_SPAN), match).limit(SPARSE_ROOTS + 1)
-    ids = list({row[0] for row in await conn.execute(roots)})
+    # DISTINCT: an execution's root and nested workflow spans may all carry the value.
+    roots = sa.select(s.c.execution_id).where(sa.text(WORKFLOW_SPAN), match).distinct().limit(SPARSE_ROOTS + 1)
+    ids = [row[0] for row in await conn.execute(roots)]
     return among(ids) if len(ids) <= SPARSE_ROOTS else probe
 
 
 def attribute_match(dialect: str, key: str, value: str) -> sa.ColumnElement[bool]:
-    """A step's attributes hold ``key`` equal to ``value``, or to the number ``value`` spells."""
+    """A step's attributes hold ``key`` with ``value`` as a string, or as the number or boolean
+    it spells (``_typed_candidates``): JSONB containment on PostgreSQL, ``json_type`` and
+    ``json_extract`` on SQLite, so a string never equals a number and ``1`` never ``true``."""
     s = step_executions
-    candidates: list[Any] = [value]
-    number = _as_number(value)
-    if number is not None:
-        candidates.append(number)
+    candidates = _typed_candidates(value)
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import JSONB
 
         return sa.or_(*(s.c.attributes.op("@>")(sa.cast(sa.literal(json.dumps({key: c}), sa.Text), JSONB)) for c in candidates))
-    found = sa.func.json_extract(s.c.attributes, f'$."{key}"')
-    return sa.or_(*(found == sa.literal(c) for c in candidates))
+    path = f'$."{key}"'
+    found, kind = sa.func.json_extract(s.c.attributes, path), sa.func.json_type(s.c.attributes, path)
+    matches = []
+    for c in candidates:
+        if isinstance(c, bool):
+            matches.append(kind == ("true" if c else "false"))
+        elif isinstance(c, str):
+            matches.append(sa.and_(kind == "text", found == sa.literal(c)))
+        else:
+            matches.append(sa.and_(kind.in_(("integer", "real")), found == sa.literal(c)))
+    return sa.or_(*matches)
 
 
 _EXECUTION_COLUMNS = (
