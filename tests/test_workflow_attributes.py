@@ -18,6 +18,11 @@ import wflo_otel
 from test_store_support import query
 
 
+def _stored(attrs):
+    """A row's attributes: JSON text on SQLite."""
+    return json.loads(attrs) if isinstance(attrs, str) else attrs
+
+
 def _ask(client) -> None:
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
 
@@ -42,12 +47,8 @@ def test_calls_carry_their_workflow_s_attributes_into_rows_and_the_tenant_rollup
     finally:
         handle.shutdown()
     rows = query(url, "SELECT name, kind, attributes FROM step_executions ORDER BY started_at")
-    applied = {
-        name: (json.loads(attrs) if isinstance(attrs, str) else attrs).get("tenant.id") for name, kind, attrs in rows
-    }
-    users = [
-        (json.loads(attrs) if isinstance(attrs, str) else attrs).get("user.id") for _, kind, attrs in rows if kind == "llm"
-    ]
+    applied = {name: _stored(attrs).get("tenant.id") for name, kind, attrs in rows}
+    users = [_stored(attrs).get("user.id") for _, kind, attrs in rows if kind == "llm"]
     assert users == [17, 18, 17, None], rows  # the inner workflow wins; the bare call has none
     assert applied["chat own"] == "its-own" and applied["a plain step"] is None  # only calls; never over their own
     assert sorted(query(url, "SELECT tenant, calls FROM cost_rollup_tenant_daily")) == [("", 1), ("acme", 2), ("its-own", 1)]
@@ -76,7 +77,7 @@ def test_only_what_the_workflow_declared_is_stamped_never_baggage_nor_reserved_n
         context.detach(token)
         handle.shutdown()
     ((attrs, input_tokens, model),) = query(url, "SELECT attributes, input_tokens, response_model FROM step_executions WHERE kind = 'llm'")
-    attrs = json.loads(attrs) if isinstance(attrs, str) else attrs
+    attrs = _stored(attrs)
     assert attrs["user.id"] == 7
     assert "tenant.id" not in attrs and "session.secret" not in attrs
     assert input_tokens < 1000 and model.startswith("gpt-4o-mini")  # the call's own, not the baggage's nor the workflow's
@@ -95,6 +96,6 @@ def test_stamping_never_evicts_the_call_s_own_attributes(tmp_path, openai_server
     finally:
         handle.shutdown()
     ((attrs, model, cost),) = query(url, "SELECT attributes, request_model, cost_usd FROM step_executions WHERE kind = 'llm'")
-    attrs = json.loads(attrs) if isinstance(attrs, str) else attrs
+    attrs = _stored(attrs)
     assert model == "gpt-4o-mini" and cost > 0 and attrs["gen_ai.operation.name"] == "chat"
     assert 0 < sum(key.startswith("team.") for key in attrs) < 128  # some stamped, the rest left out

@@ -384,9 +384,9 @@ class BudgetSpanProcessor(SpanProcessor):
             self._scope_attributes(chain, attrs, parent_context, fresh=parent_entry is None)
         execution = chain[0]
         span.set_attributes({A.WFLO_EXECUTION_ID: execution.execution_id, A.WFLO_WORKFLOW_NAME: execution.name})
-        if not opens_scope and is_llm_call(attrs):
-            applied = _applied_attributes(chain, span, attrs)
-            if applied:
+        if not opens_scope:
+            applied = _applied_attributes(chain, span, attrs)  # {} at once when no workflow declared any
+            if applied and is_llm_call(attrs):
                 span.set_attributes(applied)
         self._chains[span_id] = (chain, time.monotonic())
         self._starts += 1

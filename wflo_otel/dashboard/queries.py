@@ -341,7 +341,7 @@ def attribute_filter(text: str) -> tuple[str, str] | None:
     if len(key) > MAX_ATTRIBUTE_KEY or len(value) > MAX_ATTRIBUTE_VALUE:
         raise BadRequest(f"attr: a key of at most {MAX_ATTRIBUTE_KEY} and a value of at most {MAX_ATTRIBUTE_VALUE} characters")
     if any(c in key for c in '"\\') or any(ord(c) < 32 for c in key + value):
-        raise BadRequest("attr: the key cannot hold quotes or backslashes, nor either control characters")
+        raise BadRequest("attr: no quotes or backslashes in the key, and no control characters")
     return key, value
 
 
@@ -391,7 +391,11 @@ async def _attribute_clause(conn: AsyncConnection, query: sa.Select, key: str, v
     """
     s, e = step_executions, workflow_executions
     match = attribute_match(conn.dialect.name, key, value)
-    probe = sa.exists().where(s.c.execution_id == e.c.id, sa.text(WORKFLOW_SPAN), match)
+
+    def carried_by_roots_of(execution_id: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+        return sa.exists().where(s.c.execution_id == execution_id, sa.text(WORKFLOW_SPAN), match)
+
+    probe = carried_by_roots_of(e.c.id)
     if conn.dialect.name != "postgresql":
         return probe
     from sqlalchemy.dialects.postgresql import ARRAY
@@ -401,8 +405,7 @@ async def _attribute_clause(conn: AsyncConnection, query: sa.Select, key: str, v
 
     if skip + PROBE_FIRST <= MAX_PROBED:
         prefix = query.with_only_columns(e.c.id).limit(skip + PROBE_FIRST).subquery()
-        hit = sa.exists().where(s.c.execution_id == prefix.c.id, sa.text(WORKFLOW_SPAN), match)
-        rows = (await conn.execute(sa.select(prefix.c.id, hit))).all()
+        rows = (await conn.execute(sa.select(prefix.c.id, carried_by_roots_of(prefix.c.id)))).all()
         hits = [ident for ident, found in rows if found]
         if len(hits) > skip + PAGE_SIZE or len(rows) < skip + PROBE_FIRST:
             return among(hits)  # this page and the next one's first, or the whole window
